@@ -14,11 +14,11 @@ import numpy as np
 
 
 def _dtype(x: Any) -> np.dtype:
-  return np.dtype(getattr(x, "dtype", np.asarray(x).dtype))
+  return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
 
 
 def _shape(x: Any) -> tuple[int, ...]:
-  return tuple(getattr(x, "shape", np.shape(x)))
+  return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
 
 
 def check_rank(x: Any, rank: int, name: str, what: str = "") -> None:

@@ -1,0 +1,72 @@
+"""Batch samplers for metric learning (host-side numpy, deterministic from a seed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def class_balanced_batches(
+    labels: np.ndarray,
+    classes_per_batch: int,
+    per_class: int,
+    *,
+    num_batches: int | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+  """Index batches of P classes x M examples ("m-per-class" sampling).
+
+  Each batch draws `classes_per_batch` (P) distinct classes and `per_class` (M) examples of each.
+  Classes are visited in shuffled cycles (every class once before any class twice). Each class
+  walks through a shuffled queue of its examples, M at a time, reshuffling when fewer than M are
+  left, so a class with at least M examples gives M distinct ones; a class with fewer than M gives
+  all of them plus random repeats (the only way to fill M slots).
+
+  Args:
+    labels: [N] integer labels.
+    classes_per_batch: P, classes per batch (<= number of classes).
+    per_class: M, examples per class per batch.
+    num_batches: batches to produce; default `N // (P * M)` (one epoch's worth, as
+      pytorch-metric-learning's MPerClassSampler with length N).
+    seed: numpy seed; the same seed gives the same batches.
+
+  Returns:
+    int32 [num_batches, P * M] indices, grouped by class within each batch
+    (class 0's M examples first).
+  """
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f"labels must be 1-D, got shape {labels.shape}.")
+  classes = np.unique(labels)
+  if classes_per_batch < 1 or per_class < 1:
+    raise ValueError("classes_per_batch and per_class must be >= 1.")
+  if classes_per_batch > len(classes):
+    raise ValueError(
+        f"classes_per_batch={classes_per_batch} exceeds the {len(classes)} classes in labels.")
+  batch = classes_per_batch * per_class
+  if num_batches is None:
+    num_batches = max(len(labels) // batch, 1)
+  rng = np.random.default_rng(seed)
+  members = {c: np.nonzero(labels == c)[0] for c in classes}
+  queues = {c: rng.permutation(members[c]) for c in classes}
+  cursor = {c: 0 for c in classes}
+  out = np.empty((num_batches, batch), np.int32)
+  class_cycle = rng.permutation(classes)
+  ci = 0
+  for b in range(num_batches):
+    if ci + classes_per_batch > len(class_cycle):
+      class_cycle = rng.permutation(classes)
+      ci = 0
+    chosen = class_cycle[ci:ci + classes_per_batch]
+    ci += classes_per_batch
+    for j, c in enumerate(chosen):
+      if len(members[c]) >= per_class:
+        if cursor[c] + per_class > len(queues[c]):
+          queues[c] = rng.permutation(members[c])
+          cursor[c] = 0
+        take = queues[c][cursor[c]:cursor[c] + per_class]
+        cursor[c] += per_class
+      else:
+        extra = rng.choice(members[c], per_class - len(members[c]), replace=True)
+        take = np.concatenate([rng.permutation(members[c]), extra])
+      out[b, j * per_class:(j + 1) * per_class] = take
+  return out

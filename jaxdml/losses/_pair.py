@@ -1,0 +1,426 @@
+"""Pair and triplet losses over the (sim | dist, target, mask) primitive.
+
+Distance-based losses (contrastive, triplet, margin, lifted structure) take a distance matrix
+`dist [Q, R]`; similarity-based ones (multi-similarity, circle, SupCon, NT-Xent, N-pair) take
+`sim [Q, R]`. Wrappers over `(embeddings, labels)` default to what pytorch-metric-learning (PML)
+uses: Euclidean distance of L2-normalised embeddings, or cosine similarity.
+
+All losses accept soft targets in [0, 1]: a pair counts as positive with weight `target` and as
+negative with weight `1 - target`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxdml import _checks
+from jaxdml.losses import _generic
+from jaxdml.losses._inputs import dist_inputs, sim_inputs
+
+Array = jax.Array
+
+
+# --------------------------------------------------------------------------- contrastive
+
+
+def contrastive_from_dist(dist: Array, target: Array, mask: Array | None = None, *,
+                          pos_margin: float = 0.0, neg_margin: float = 1.0) -> Array:
+  """Contrastive loss (Hadsell et al., CVPR 2006) on a distance matrix.
+
+  `mean_nz_pos( y [d - m_pos]_+ ) + mean_nz_neg( (1 - y) [m_neg - d]_+ )`, where `mean_nz` averages
+  over the pairs whose term is non-zero (PML's AvgNonZeroReducer, applied to positive and negative
+  pairs separately). In the sigma/rho form: rho_plus = [d - m_pos]_+, rho_minus = [m_neg - d]_+,
+  sigma = identity, reduced over pairs rather than anchors.
+
+  Defaults (PML): pos_margin 0, neg_margin 1, distances not squared. No positive (or negative)
+  pair, or all satisfied: that term is 0.
+  """
+  _checks.matrix_triple(dist, target, mask, "dist")
+  pos_w, neg_w = _generic.pair_weights(target, mask)
+  pos = _generic.avg_nonzero(jax.nn.relu(dist - pos_margin), pos_w)
+  neg = _generic.avg_nonzero(jax.nn.relu(neg_margin - dist), neg_w)
+  return pos + neg
+
+
+def contrastive_loss(embeddings: Array, labels: Array, ref_embeddings: Array | None = None,
+                     ref_labels: Array | None = None, *, pos_margin: float = 0.0,
+                     neg_margin: float = 1.0, distance: str = "euclidean",
+                     mask: Array | None = None) -> Array:
+  """Contrastive loss over a batch (or against references); see `contrastive_from_dist`.
+
+  Args:
+    embeddings: [B, d] float; L2-normalised inside (as PML's default LpDistance).
+    labels: [B] int.
+    ref_embeddings, ref_labels: optional references [R, d], [R]; default: the batch itself with
+      self-pairs excluded.
+    pos_margin, neg_margin: margins on the distance.
+    distance: "euclidean" (default), "squared_euclidean" or "cosine" (1 - cos).
+    mask: optional [B, R] bool of pairs to keep (a miner's output).
+  """
+  d, t, m = dist_inputs(embeddings, labels, ref_embeddings, ref_labels, distance=distance,
+                        mask=mask)
+  return contrastive_from_dist(d, t, m, pos_margin=pos_margin, neg_margin=neg_margin)
+
+
+# --------------------------------------------------------------------------- triplet
+
+
+_TRIPLETS = ("all", "semihard", "hard")
+
+
+def _interval_sums(keys: Array, w_cum: Array, wd_cum: Array, c_cum: Array, lo: Array,
+                   hi: Array):
+  """Per row: sums of w, w*d and counts over sorted negatives with lo < d < hi."""
+  search = jax.vmap(functools.partial(jnp.searchsorted, side="left"))
+  k_hi = search(keys, hi)
+  k_lo = jax.vmap(functools.partial(jnp.searchsorted, side="right"))(keys, lo)
+  k_lo = jnp.minimum(k_lo, k_hi)
+  take = lambda a, k: jnp.take_along_axis(a, k, axis=1)
+  return (take(w_cum, k_hi) - take(w_cum, k_lo), take(wd_cum, k_hi) - take(wd_cum, k_lo),
+          take(c_cum, k_hi) - take(c_cum, k_lo))
+
+
+def _all_triplets(dist, pos_w, neg_w, margin, semihard):
+  """Sum and non-zero count of w_p w_n [d_ap - d_an + margin]_+ over triplets, in O(QR log R).
+
+  For a positive pair with x = d_ap + margin, the negatives with a non-zero hinge are those with
+  d_an < x; sorting each anchor's negatives by distance turns the sum over them into prefix sums:
+  sum_n w_n (x - d_an) = x * W(x) - D(x). Semi-hard keeps d_ap < d_an only.
+  """
+  active = neg_w > 0
+  keys = jnp.where(active, jax.lax.stop_gradient(dist), jnp.inf)
+  order = jnp.argsort(keys, axis=1)
+  keys = jnp.take_along_axis(keys, order, axis=1)
+  d_sorted = jnp.take_along_axis(dist, order, axis=1)
+  w_sorted = jnp.take_along_axis(neg_w, order, axis=1)
+  zero = jnp.zeros((dist.shape[0], 1), dist.dtype)
+  cum = lambda a: jnp.concatenate([zero, jnp.cumsum(a, axis=1)], axis=1)
+  w_cum, wd_cum = cum(w_sorted), cum(w_sorted * d_sorted)
+  c_cum = cum((w_sorted > 0).astype(dist.dtype))
+  x = dist + margin
+  lo = jax.lax.stop_gradient(dist) if semihard else jnp.full_like(dist, -jnp.inf)
+  w_sum, wd_sum, count = _interval_sums(keys, w_cum, wd_cum, c_cum, lo,
+                                        jax.lax.stop_gradient(x))
+  per_pair = x * w_sum - wd_sum
+  total = jnp.sum(pos_w * per_pair)
+  n_nonzero = jnp.sum(jnp.where(pos_w > 0, count, 0.0))
+  return total, n_nonzero
+
+
+def triplet_margin_from_dist(dist: Array, target: Array, mask: Array | None = None, *,
+                             margin: float = 0.05, triplets: str = "all",
+                             soft_margin: bool = False) -> Array:
+  """Triplet margin loss on a distance matrix: `[d(a, p) - d(a, n) + margin]_+`.
+
+  Args:
+    dist: [Q, R] distances of anchors to references.
+    target: [Q, R] in [0, 1]; a triplet (a, p, n) has weight `y_ap * (1 - y_an)`.
+    mask: optional [Q, R] pairs to use (self-pairs, unmined pairs excluded).
+    margin: 0.05 (PML's TripletMarginLoss default; FaceNet used 0.2, the batch-hard paper 0.3
+      or a soft margin).
+    triplets: "all": every valid triplet; "semihard": triplets with d_ap < d_an (the hinge then
+      also requires d_an < d_ap + margin), PML's TripletMarginMiner(type_of_triplets="semihard");
+      "hard": batch-hard, one triplet per anchor with its farthest positive and nearest negative
+      (Hermans et al., 2017).
+    soft_margin: with "hard", use `softplus(d_ap - d_an)` instead of the hinge (Hermans et al.).
+
+  Returns:
+    Scalar: the sum over triplets divided by the number of triplets with a non-zero loss (PML's
+    AvgNonZeroReducer); 0 when no triplet contributes.
+
+  "all" and "semihard" never build the [Q, R, R] triplet tensor: each anchor's negatives are
+  sorted once and the hinge sums come from prefix sums, O(Q R log R) time and O(Q R) memory, with
+  exact values and gradients.
+  """
+  _checks.matrix_triple(dist, target, mask, "dist")
+  _checks.one_of(triplets, _TRIPLETS, "triplets")
+  pos_w, neg_w = _generic.pair_weights(target, mask)
+  if triplets == "hard":
+    has_p = jnp.any(pos_w > 0, axis=1)
+    has_n = jnp.any(neg_w > 0, axis=1)
+    i_p = jnp.argmax(jnp.where(pos_w > 0, dist, -jnp.inf), axis=1)[:, None]
+    i_n = jnp.argmin(jnp.where(neg_w > 0, dist, jnp.inf), axis=1)[:, None]
+    pick = lambda a, i: jnp.take_along_axis(a, i, axis=1)[:, 0]
+    valid = has_p & has_n
+    gap = jnp.where(valid, pick(dist, i_p) - pick(dist, i_n), 0.0)
+    per_anchor = jax.nn.softplus(gap) if soft_margin else jax.nn.relu(gap + margin)
+    w_p, w_n = pick(pos_w, i_p), pick(neg_w, i_n)  # 1 for clean labels
+    return _generic.avg_nonzero(per_anchor, jnp.where(valid, w_p * w_n, 0.0))
+  if soft_margin:
+    raise ValueError("soft_margin is only defined for triplets='hard'.")
+  total, count = _all_triplets(dist, pos_w, neg_w, margin, triplets == "semihard")
+  return total / jnp.maximum(count, 1.0)
+
+
+def triplet_margin_loss(embeddings: Array, labels: Array, ref_embeddings: Array | None = None,
+                        ref_labels: Array | None = None, *, margin: float = 0.05,
+                        triplets: str = "all", soft_margin: bool = False,
+                        distance: str = "euclidean", mask: Array | None = None) -> Array:
+  """Triplet margin loss over a batch; see `triplet_margin_from_dist` (defaults of PML)."""
+  d, t, m = dist_inputs(embeddings, labels, ref_embeddings, ref_labels, distance=distance,
+                        mask=mask)
+  return triplet_margin_from_dist(d, t, m, margin=margin, triplets=triplets,
+                                  soft_margin=soft_margin)
+
+
+# --------------------------------------------------------------------------- multi-similarity
+
+
+def multi_similarity_from_sim(sim: Array, target: Array, mask: Array | None = None, *,
+                              alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,
+                              reduction: str = "mean") -> Array:
+  """Multi-similarity loss (Wang et al., CVPR 2019) on a similarity matrix.
+
+  `1/alpha log(1 + sum_p y e^{-alpha (s - base)}) + 1/beta log(1 + sum_n (1 - y) e^{beta (s - base)})`
+  per anchor, averaged over all anchors (an anchor without positives or negatives contributes 0 for
+  that term), as PML. The generic form with rho_plus = e^{-alpha(s - base)},
+  rho_minus = e^{beta(s - base)}, sigma_plus = log(1 + .)/alpha, sigma_minus = log(1 + .)/beta,
+  computed in the log domain.
+
+  Defaults are PML's: alpha 2, beta 50, base 0.5 (the paper's lambda; its experiments used
+  lambda = 1, alpha 2, beta 40 on some datasets). The paper's pair mining is separate:
+  `jaxdml.miners.multi_similarity_miner`.
+  """
+  return _generic.generic_loss(
+      sim, target, mask,
+      rho_pos=lambda s: -alpha * (s - base),
+      rho_neg=lambda s: beta * (s - base),
+      sigma_pos=lambda lse: jax.nn.softplus(lse) / alpha,
+      sigma_neg=lambda lse: jax.nn.softplus(lse) / beta,
+      log_domain=True, reduction=reduction)
+
+
+def multi_similarity_loss(embeddings: Array, labels: Array, ref_embeddings: Array | None = None,
+                          ref_labels: Array | None = None, *, alpha: float = 2.0,
+                          beta: float = 50.0, base: float = 0.5,
+                          miner_epsilon: float | None = None, mask: Array | None = None) -> Array:
+  """Multi-similarity loss on cosine similarities; see `multi_similarity_from_sim`.
+
+  Args:
+    miner_epsilon: if given, first apply the paper's pair mining
+      (`jaxdml.miners.multi_similarity_miner`, epsilon 0.1 in the paper) to the pairs.
+  """
+  s, t, m = sim_inputs(embeddings, labels, ref_embeddings, ref_labels, mask=mask)
+  if miner_epsilon is not None:
+    from jaxdml.miners import multi_similarity_miner
+    m = m & multi_similarity_miner(s, t, m, epsilon=miner_epsilon)
+  return multi_similarity_from_sim(s, t, m, alpha=alpha, beta=beta, base=base)
+
+
+# --------------------------------------------------------------------------- margin loss
+
+
+def margin_from_dist(dist: Array, target: Array, mask: Array | None = None, *,
+                     beta: Array | float = 1.2, margin: float = 0.2, nu: float = 0.0) -> Array:
+  """Margin loss (Wu et al., "Sampling Matters in Deep Embedding Learning", ICCV 2017).
+
+  Per pair: `y [d - beta + margin]_+ + (1 - y) [beta - d + margin]_+`, summed and divided by the
+  number of pairs with a non-zero loss (PML's divisor), plus `nu * beta` regularisation averaged
+  the same way over the betas used by contributing pairs.
+
+  Args:
+    beta: the boundary; a scalar, or [Q] per-anchor values (e.g. `beta_per_class[labels]`).
+      Learn it by passing it from your parameter pytree (it receives gradients).
+    margin: alpha in the paper, 0.2. nu: beta regulariser, 0 by default (as PML).
+  """
+  _checks.matrix_triple(dist, target, mask, "dist")
+  pos_w, neg_w = _generic.pair_weights(target, mask)
+  b = jnp.asarray(beta, dist.dtype)
+  if b.ndim == 1:
+    if b.shape[0] != dist.shape[0]:
+      raise ValueError(f"per-anchor `beta` has {b.shape[0]} entries for {dist.shape[0]} anchors.")
+    b = b[:, None]
+  elif b.ndim != 0:
+    raise ValueError(f"`beta` must be a scalar or [Q], got shape {b.shape}.")
+  pos = pos_w * jax.nn.relu(dist - b + margin)
+  neg = neg_w * jax.nn.relu(b - dist + margin)
+  active = ((pos > 0) | (neg > 0)).astype(dist.dtype)
+  count = jnp.maximum(jnp.sum(active), 1.0)
+  loss = jnp.sum(pos + neg) / count
+  if nu:
+    loss = loss + nu * jnp.sum(active * jnp.broadcast_to(b, dist.shape)) / count
+  return loss
+
+
+def margin_loss(embeddings: Array, labels: Array, ref_embeddings: Array | None = None,
+                ref_labels: Array | None = None, *, beta: Array | float = 1.2,
+                margin: float = 0.2, nu: float = 0.0, mask: Array | None = None) -> Array:
+  """Margin loss over a batch; `beta` a scalar or [num_classes] (indexed by anchor label)."""
+  d, t, m = dist_inputs(embeddings, labels, ref_embeddings, ref_labels, mask=mask)
+  b = jnp.asarray(beta)
+  if b.ndim == 1:
+    b = b[labels]
+  return margin_from_dist(d, t, m, beta=b, margin=margin, nu=nu)
+
+
+# --------------------------------------------------------------------------- lifted structure
+
+
+def lifted_structure_from_dist(dist: Array, target: Array, mask: Array | None = None, *,
+                               neg_margin: float = 1.0) -> Array:
+  """Lifted structured loss (Song et al., CVPR 2016) on a square distance matrix.
+
+  For a positive pair (i, j): `J_ij = log( sum_{k in N(i)} e^{m - d_ik} + sum_{l in N(j)} e^{m - d_jl} ) + d_ij`
+  and the loss is `1/2 mean_{(i,j) in P} [J_ij]_+^2` over ordered positive pairs (the paper's
+  `1/(2|P|) sum` over pairs). Needs queries == references (dist is [B, B]) since the negatives of
+  the positive j are used. Soft targets weight positives by y and negatives by 1 - y.
+
+  No positive pair: 0. A positive pair with no negatives at all: J_ij = d_ij.
+  """
+  _checks.matrix_triple(dist, target, mask, "dist")
+  if dist.shape[0] != dist.shape[1]:
+    raise ValueError(f"lifted structure needs a square [B, B] `dist`, got {dist.shape}.")
+  pos_w, neg_w = _generic.pair_weights(target, mask)
+  lse_n, has_n = _generic.masked_logsumexp(neg_margin - dist, neg_w)
+  lse_n = jnp.where(has_n, lse_n, -jnp.inf)
+  pair_lse = jnp.logaddexp(lse_n[:, None], lse_n[None, :])
+  pair_lse = jnp.where(jnp.isfinite(pair_lse), pair_lse, 0.0)
+  j = pair_lse + dist
+  per_pair = jnp.square(jax.nn.relu(j))
+  return 0.5 * jnp.sum(pos_w * per_pair) / jnp.maximum(jnp.sum(pos_w), 1e-12)
+
+
+def generalized_lifted_structure_from_dist(dist: Array, target: Array,
+                                           mask: Array | None = None, *,
+                                           pos_margin: float = 0.0,
+                                           neg_margin: float = 1.0) -> Array:
+  """Generalised lifted structure loss (Hermans et al., 2017), per anchor.
+
+  `[ log sum_p y e^{d_ap - m_pos} + log sum_n (1 - y) e^{m_neg - d_an} ]_+`, mean over anchors
+  (anchors lacking a positive or a negative give 0). The generic form with tau = relu(p + q) of
+  the two log-sums. Defaults as PML: pos_margin 0, neg_margin 1.
+  """
+  return _generic.generic_loss(
+      dist, target, mask,
+      rho_pos=lambda d: d - pos_margin, rho_neg=lambda d: neg_margin - d,
+      tau=lambda p, q: jax.nn.relu(p + q), log_domain=True, reduction="mean")
+
+
+def lifted_structure_loss(embeddings: Array, labels: Array, *, neg_margin: float = 1.0,
+                          generalized: bool = False, pos_margin: float = 0.0,
+                          mask: Array | None = None) -> Array:
+  """Lifted structure loss over a batch (Euclidean distance of normalised embeddings).
+
+  `generalized=False`: Song et al. 2016 (pairs); True: the per-anchor generalised form.
+  """
+  d, t, m = dist_inputs(embeddings, labels, mask=mask)
+  if generalized:
+    return generalized_lifted_structure_from_dist(d, t, m, pos_margin=pos_margin,
+                                                  neg_margin=neg_margin)
+  return lifted_structure_from_dist(d, t, m, neg_margin=neg_margin)
+
+
+# --------------------------------------------------------------------------- circle
+
+
+def circle_from_sim(sim: Array, target: Array, mask: Array | None = None, *,
+                    margin: float = 0.4, gamma: float = 80.0) -> Array:
+  """Circle loss (Sun et al., CVPR 2020), pair-wise form, on a similarity matrix.
+
+  `softplus( log sum_p e^{-gamma a_p (s_p - (1 - m))} + log sum_n e^{gamma a_n (s_n - m)} )` per
+  anchor, with self-paced weights `a_p = [1 + m - s_p]_+`, `a_n = [s_n + m]_+` treated as constants
+  (no gradient through them, as in the paper and PML). Soft targets weight the exponentials.
+  Averaged over anchors with a non-zero loss (PML's AvgNonZeroReducer); anchors lacking a positive
+  or a negative give 0. Defaults are PML's: m 0.4, gamma 80 (the paper used m 0.25, gamma 256
+  for face recognition).
+  """
+  sg = jax.lax.stop_gradient
+  per_anchor = _generic.generic_loss(
+      sim, target, mask,
+      rho_pos=lambda s: -gamma * jax.nn.relu(1 + margin - sg(s)) * (s - (1 - margin)),
+      rho_neg=lambda s: gamma * jax.nn.relu(sg(s) + margin) * (s - margin),
+      tau=lambda p, q: jax.nn.softplus(p + q), log_domain=True, reduction="none")
+  return _generic.avg_nonzero(per_anchor, jnp.ones_like(per_anchor))
+
+
+def circle_loss(embeddings: Array, labels: Array, ref_embeddings: Array | None = None,
+                ref_labels: Array | None = None, *, margin: float = 0.4, gamma: float = 80.0,
+                mask: Array | None = None) -> Array:
+  """Circle loss on cosine similarities; see `circle_from_sim`."""
+  s, t, m = sim_inputs(embeddings, labels, ref_embeddings, ref_labels, mask=mask)
+  return circle_from_sim(s, t, m, margin=margin, gamma=gamma)
+
+
+# --------------------------------------------------------------------------- softmax family
+
+
+def supcon_from_sim(sim: Array, target: Array, mask: Array | None = None, *,
+                    temperature: float = 0.1) -> Array:
+  """Supervised contrastive loss (Khosla et al., NeurIPS 2020), "L_out" form.
+
+  Per anchor: `-(1/sum_p y) sum_p y s_ap / T + log sum_{x in mask} e^{s_ax / T}`: the mean over
+  positives of the log-probability of each positive against every valid reference (positives
+  included, self excluded). Averaged over anchors with a non-zero loss (PML's AvgNonZeroReducer);
+  an anchor without positives gives 0. Temperature 0.1 (PML; the paper used 0.1 too).
+  """
+  _checks.matrix_triple(sim, target, mask)
+  pos_w, neg_w = _generic.pair_weights(target, mask)
+  logits = sim / temperature
+  all_w = jnp.where(pos_w + neg_w > 0, 1.0, 0.0)
+  lse_all, _ = _generic.masked_logsumexp(logits, all_w)
+  n_pos = jnp.sum(pos_w, axis=1)
+  has_p = n_pos > 0
+  mean_pos = jnp.sum(pos_w * logits, axis=1) / jnp.where(has_p, n_pos, 1.0)
+  per_anchor = jnp.where(has_p, lse_all - mean_pos, 0.0)
+  return _generic.avg_nonzero(per_anchor, has_p.astype(sim.dtype))
+
+
+def supcon_loss(embeddings: Array, labels: Array, ref_embeddings: Array | None = None,
+                ref_labels: Array | None = None, *, temperature: float = 0.1,
+                mask: Array | None = None) -> Array:
+  """Supervised contrastive loss on cosine similarities; see `supcon_from_sim`."""
+  s, t, m = sim_inputs(embeddings, labels, ref_embeddings, ref_labels, mask=mask)
+  return supcon_from_sim(s, t, m, temperature=temperature)
+
+
+def ntxent_from_sim(sim: Array, target: Array, mask: Array | None = None, *,
+                    temperature: float = 0.07) -> Array:
+  """NT-Xent / InfoNCE (Chen et al., 2020; Oord et al., 2018) with labels, per positive pair.
+
+  For each positive pair (a, p): `-log( e^{s_ap/T} / (e^{s_ap/T} + sum_n e^{s_an/T}) )`, averaged
+  over positive pairs (weighted by y for soft targets), as PML's NTXentLoss. Temperature 0.07 (PML).
+  A pair whose anchor has no negatives gives 0.
+  """
+  _checks.matrix_triple(sim, target, mask)
+  pos_w, neg_w = _generic.pair_weights(target, mask)
+  logits = sim / temperature
+  lse_n, has_n = _generic.masked_logsumexp(logits, neg_w)
+  per_pair = jnp.where(has_n[:, None], jax.nn.softplus(lse_n[:, None] - logits), 0.0)
+  return jnp.sum(pos_w * per_pair) / jnp.maximum(jnp.sum(pos_w), 1e-12)
+
+
+def ntxent_loss(embeddings: Array, labels: Array, ref_embeddings: Array | None = None,
+                ref_labels: Array | None = None, *, temperature: float = 0.07,
+                mask: Array | None = None) -> Array:
+  """NT-Xent on cosine similarities; see `ntxent_from_sim`."""
+  s, t, m = sim_inputs(embeddings, labels, ref_embeddings, ref_labels, mask=mask)
+  return ntxent_from_sim(s, t, m, temperature=temperature)
+
+
+def n_pairs_loss(embeddings: Array, labels: Array, *, l2_reg: float = 0.0) -> Array:
+  """Multi-class N-pair loss (Sohn, NeurIPS 2016) over a class-balanced batch.
+
+  Within the batch, the first example of each class is its anchor and the second its positive
+  (classes with one example take no part). Each anchor is scored by dot product against every
+  class's positive: `-log( e^{f_a . f_p} / sum_{classes c} e^{f_a . f_c} )`, averaged over
+  anchors: `softmax_generic_loss` on a [B, B] matrix whose mask keeps anchor rows and positive
+  columns. Unnormalised embeddings and dot product as the paper and PML; `l2_reg` adds the paper's
+  `l2_reg * mean ||f||^2` (0.002 there; PML adds none by default). No class with two examples: 0.
+  """
+  _checks.embeddings(embeddings)
+  _checks.labels(labels, embeddings.shape[0])
+  same = labels[:, None] == labels[None, :]
+  earlier = jnp.tril(same, k=-1)  # j < i with the same label
+  rank = jnp.sum(earlier, axis=1)  # rank of example i within its class
+  anchor = rank == 0
+  positive = rank == 1
+  has_pos = jnp.any(same & positive[None, :], axis=1)
+  mask = (anchor & has_pos)[:, None] & positive[None, :]
+  sim = embeddings @ embeddings.T
+  loss = _generic.softmax_generic_loss(sim, same.astype(sim.dtype), mask)
+  if l2_reg:
+    loss = loss + l2_reg * jnp.mean(jnp.sum(jnp.square(embeddings), axis=1))
+  return loss
