@@ -50,14 +50,15 @@ def class_balanced_batches(
   queues = {c: rng.permutation(members[c]) for c in classes}
   cursor = {c: 0 for c in classes}
   out = np.empty((num_batches, batch), np.int32)
-  class_cycle = rng.permutation(classes)
-  ci = 0
+  queue: list = []
   for b in range(num_batches):
-    if ci + classes_per_batch > len(class_cycle):
-      class_cycle = rng.permutation(classes)
-      ci = 0
-    chosen = class_cycle[ci:ci + classes_per_batch]
-    ci += classes_per_batch
+    chosen, deferred = [], []
+    while len(chosen) < classes_per_batch:
+      if not queue:
+        queue = list(rng.permutation(classes))
+      c = queue.pop(0)
+      (deferred if c in chosen else chosen).append(c)
+    queue = deferred + queue
     for j, c in enumerate(chosen):
       if len(members[c]) >= per_class:
         if cursor[c] + per_class > len(queues[c]):

@@ -26,7 +26,17 @@ Array = jax.Array
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or infinite; training stopped at the last good state."""
+  """The loss became NaN or infinite; training stopped.
+
+  Attributes:
+    step: the global step whose loss was not finite.
+    state: the `TrainState` after the last step with a finite loss.
+  """
+
+  def __init__(self, message: str, *, step: int, state: "TrainState"):
+    super().__init__(message)
+    self.step = step
+    self.state = state
 
 
 class TrainState(NamedTuple):
@@ -120,7 +130,7 @@ def fit(model, objective: Objective, images: np.ndarray, labels: np.ndarray, *, 
         raise NonFiniteLossError(
             f"loss became {losses[bad[0]]} at step {step} (epoch {e}); training stopped. The "
             "state holds the parameters of the last finite step. Lower the learning rate or "
-            "check the loss hyperparameters.")
+            "check the loss hyperparameters.", step=step, state=state)
       bar.set_postfix(loss=f"{losses.mean():.4f}")
       bar.update(1)
   seconds = time.perf_counter() - t0
