@@ -11,6 +11,7 @@ time of each and the ratio PML / jaxdml (above 1: jaxdml faster), and checks the
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 
@@ -56,7 +57,7 @@ def cases():
                     lambda d: P.ProxyNCALoss(NUM_CLASSES, d), True),
       "normalized_softmax": (lambda z, y, w: L.normalized_softmax_loss(z, y, w),
                              lambda d: P.NormalizedSoftmaxLoss(NUM_CLASSES, d), True),
-      "arcface": (lambda z, y, w: L.arcface_loss(z, y, w),
+      "arcface": (lambda z, y, w: L.arcface_loss(z, y, w, margin=math.radians(28.6)),
                   lambda d: P.ArcFaceLoss(NUM_CLASSES, d), True),
       "cosface": (lambda z, y, w: L.cosface_loss(z, y, w),
                   lambda d: P.CosFaceLoss(NUM_CLASSES, d), True),
