@@ -26,15 +26,22 @@ def _weights(x, target, mask, name):
 
 def batch_hard_miner(dist: Array, target: Array, mask: Array | None = None) -> Array:
   """Batch-hard mining (Hermans et al., 2017): per anchor, its farthest positive and nearest
-  negative. The mask has at most one positive and one negative per row; with
-  `triplet_margin_from_dist(..., triplets="all")` it gives the batch-hard triplet loss."""
+  negative.
+
+  Every row of the mask holds either exactly one positive and one negative, or nothing: an anchor
+  that lacks a positive or a negative forms no triplet and is dropped, as PML's BatchHardMiner.
+  With `triplet_margin_from_dist(..., triplets="all")` the mask gives the batch-hard triplet loss.
+  Ties are broken towards the lowest reference index.
+  """
   pos, neg = _weights(dist, target, mask, "dist")
-  i_p = jnp.argmax(jnp.where(pos, dist, -jnp.inf), axis=1)
-  i_n = jnp.argmin(jnp.where(neg, dist, jnp.inf), axis=1)
+  d = jax.lax.stop_gradient(dist)
+  i_p = jnp.argmax(jnp.where(pos, d, -jnp.inf), axis=1)
+  i_n = jnp.argmin(jnp.where(neg, d, jnp.inf), axis=1)
   r = dist.shape[1]
   pick_p = jax.nn.one_hot(i_p, r, dtype=bool) & pos
   pick_n = jax.nn.one_hot(i_n, r, dtype=bool) & neg
-  return pick_p | pick_n
+  both = jnp.any(pos, axis=1, keepdims=True) & jnp.any(neg, axis=1, keepdims=True)
+  return (pick_p | pick_n) & both
 
 
 def semihard_miner(dist: Array, target: Array, mask: Array | None = None, *,
@@ -84,8 +91,15 @@ def distance_weighted_miner(dist: Array, target: Array, mask: Array | None, key:
   is drawn with probability proportional to `1 / q(max(d, cutoff))`, restricted to
   `d < nonzero_loss_cutoff` (farther negatives would give zero loss). Returns all positives plus
   the drawn negatives. Defaults (cutoff 0.5, nonzero_loss_cutoff 1.4) are the paper's and PML's.
-  `dist` must be Euclidean distances of L2-normalised embeddings. An anchor whose negatives are
-  all beyond the cutoff falls back to drawing uniformly among its negatives.
+  `dist` must be Euclidean distances of L2-normalised embeddings. An anchor whose negatives all
+  lie at or beyond `nonzero_loss_cutoff` falls back to drawing uniformly among its negatives.
+  Draws that hit the same negative merge into one mask entry. Needs `key` (a `jax.random` key);
+  the same key gives the same mask.
+
+  Differences from PML's DistanceWeightedMiner, which returns triplets: PML draws, per anchor,
+  as many positives as its class has members (with replacement) and drops anchors with no
+  negative under `nonzero_loss_cutoff`; this follows the original code of Wu et al. (every
+  positive pair once, uniform fallback).
   """
   pos, neg = _weights(dist, target, mask, "dist")
   if dim < 3:

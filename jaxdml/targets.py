@@ -56,9 +56,11 @@ def from_labels(
       raise ValueError(f"exclude_self needs at least as many references ({r}) as queries ({q}).")
     mask = mask & ~jnp.eye(q, r, dtype=bool)
   if query_valid is not None:
-    mask = mask & query_valid[:, None]
+    _checks.same_shape(query_valid, query_labels, "query_valid", "query_labels")
+    mask = mask & jnp.asarray(query_valid, bool)[:, None]
   if ref_valid is not None:
-    mask = mask & ref_valid[None, :]
+    _checks.same_shape(ref_valid, ref_labels, "ref_valid", "ref_labels")
+    mask = mask & jnp.asarray(ref_valid, bool)[None, :]
   return target, mask
 
 

@@ -2,7 +2,8 @@
 
 For an anchor (query) a with references x, soft targets y in [0, 1] and similarities s(a, x):
 
-    loss(a) = sigma_plus( sum_x y rho_plus(s(a, x)) ) + sigma_minus( sum_x (1 - y) rho_minus(s(a, x)) )
+    loss(a) = sigma_plus( sum_x y rho_plus(s(a, x)) )
+            + sigma_minus( sum_x (1 - y) rho_minus(s(a, x)) )
 
 A clean positive has y = 1, a clean negative y = 0, and a mixed (interpolated) example counts in
 both sums with weights y and 1 - y. This is the formulation of Venkataramanan et al. (ICLR 2022,
@@ -33,12 +34,12 @@ def masked_logsumexp(x: Array, weights: Array, axis: int = -1) -> tuple[Array, A
   """`log sum_i w_i exp(x_i)` over entries with `w_i > 0`.
 
   Returns:
-    (value, nonempty): `value` is 0 (finite, zero gradient) where no entry is active, and
-    `nonempty` says where at least one entry was.
+    (value, nonempty): `value` is 0 (finite, zero gradient) where no entry is active (also for
+    an empty axis), and `nonempty` says where at least one entry was.
   """
   active = weights > 0
   x_safe = jnp.where(active, x, 0.0)
-  m = jnp.max(jnp.where(active, x, -jnp.inf), axis=axis, keepdims=True)
+  m = jnp.max(jnp.where(active, x, -jnp.inf), axis=axis, keepdims=True, initial=-jnp.inf)
   m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
   s = jnp.sum(jnp.where(active, weights * jnp.exp(x_safe - m), 0.0), axis=axis)
   nonempty = jnp.any(active, axis=axis)

@@ -16,7 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxdml import _checks
+from jaxdml import _checks, similarity
 from jaxdml.losses import _generic
 from jaxdml.losses._inputs import dist_inputs, sim_inputs
 
@@ -122,10 +122,12 @@ def triplet_margin_from_dist(dist: Array, target: Array, mask: Array | None = No
     margin: 0.05 (PML's TripletMarginLoss default; FaceNet used 0.2, the batch-hard paper 0.3
       or a soft margin).
     triplets: "all": every valid triplet; "semihard": triplets with d_ap < d_an (the hinge then
-      also requires d_an < d_ap + margin), PML's TripletMarginMiner(type_of_triplets="semihard");
-      "hard": batch-hard, one triplet per anchor with its farthest positive and nearest negative
-      (Hermans et al., 2017).
-    soft_margin: with "hard", use `softplus(d_ap - d_an)` instead of the hinge (Hermans et al.).
+      also requires d_an < d_ap + margin), the same value as PML's
+      TripletMarginMiner(type_of_triplets="semihard") followed by TripletMarginLoss whenever the
+      loss margin is at most the miner's (0.2); "hard": batch-hard, one triplet per anchor with
+      its farthest positive and nearest negative (Hermans et al., 2017; PML's BatchHardMiner).
+    soft_margin: with "hard", use `softplus(d_ap - d_an)` instead of the hinge (Hermans et al.;
+      PML's TripletMarginLoss(margin=0, smooth_loss=True) after a BatchHardMiner).
 
   Returns:
     Scalar: the sum over triplets divided by the number of triplets with a non-zero loss (PML's
@@ -174,9 +176,10 @@ def multi_similarity_from_sim(sim: Array, target: Array, mask: Array | None = No
                               reduction: str = "mean") -> Array:
   """Multi-similarity loss (Wang et al., CVPR 2019) on a similarity matrix.
 
-  `1/alpha log(1 + sum_p y e^{-alpha (s - base)}) + 1/beta log(1 + sum_n (1 - y) e^{beta (s - base)})`
-  per anchor, averaged over all anchors (an anchor without positives or negatives contributes 0 for
-  that term), as PML. The generic form with rho_plus = e^{-alpha(s - base)},
+  `1/alpha log(1 + sum_p y e^{-alpha (s - base)})
+  + 1/beta log(1 + sum_n (1 - y) e^{beta (s - base)})`
+  per anchor, averaged over all anchors (an anchor without positives or negatives contributes 0
+  for that term), as PML. The generic form with rho_plus = e^{-alpha(s - base)},
   rho_minus = e^{beta(s - base)}, sigma_plus = log(1 + .)/alpha, sigma_minus = log(1 + .)/beta,
   computed in the log domain.
 
@@ -217,14 +220,30 @@ def margin_from_dist(dist: Array, target: Array, mask: Array | None = None, *,
                      beta: Array | float = 1.2, margin: float = 0.2, nu: float = 0.0) -> Array:
   """Margin loss (Wu et al., "Sampling Matters in Deep Embedding Learning", ICCV 2017).
 
-  Per pair: `y [d - beta + margin]_+ + (1 - y) [beta - d + margin]_+`, summed and divided by the
-  number of pairs with a non-zero loss (PML's divisor), plus `nu * beta` regularisation averaged
-  the same way over the betas used by contributing pairs.
+  Over the triplets (a, p, n) of the mask, each with weight `y_ap (1 - y_an)`, every triplet has
+  a positive term `[d_ap - beta_a + margin]_+` and a negative term `[beta_a - d_an + margin]_+`.
+  The loss is the weighted sum of all terms plus `nu * sum_t beta_a(t)`, divided by the number of
+  non-zero terms (positive and negative terms counted separately); 0 when no term is non-zero.
+  This is PML's MarginLoss with `triplets_per_anchor="all"` (its DivisorReducer) and the original
+  code's normaliser. The sum over triplets is computed from pair terms in O(QR): a positive
+  pair's term repeats once per negative of its anchor and a negative pair's once per positive.
+
+  For the paper's recipe (every positive pair with one distance-weighted negative) pass the mask
+  of `jaxdml.miners.distance_weighted_miner`: the drawn negatives of an anchor then form triplets
+  with each of its positives.
 
   Args:
+    dist: [Q, R] distances.
+    target: [Q, R] in [0, 1]. mask: optional [Q, R] bool.
     beta: the boundary; a scalar, or [Q] per-anchor values (e.g. `beta_per_class[labels]`).
       Learn it by passing it from your parameter pytree (it receives gradients).
-    margin: alpha in the paper, 0.2. nu: beta regulariser, 0 by default (as PML).
+    margin: alpha in the paper, 0.2.
+    nu: weight of the beta regulariser, 0 by default (as PML). Deviation from PML: PML adds a
+      scalar (single, learned) beta's regulariser as `nu * beta` without dividing it; here it is
+      always `nu * sum_t beta_a(t) / count`, as PML does for per-class betas and the original
+      code for both.
+
+  Anchors without a positive or without a negative form no triplet and contribute nothing.
   """
   _checks.matrix_triple(dist, target, mask, "dist")
   pos_w, neg_w = _generic.pair_weights(target, mask)
@@ -235,14 +254,19 @@ def margin_from_dist(dist: Array, target: Array, mask: Array | None = None, *,
     b = b[:, None]
   elif b.ndim != 0:
     raise ValueError(f"`beta` must be a scalar or [Q], got shape {b.shape}.")
-  pos = pos_w * jax.nn.relu(dist - b + margin)
-  neg = neg_w * jax.nn.relu(b - dist + margin)
-  active = ((pos > 0) | (neg > 0)).astype(dist.dtype)
-  count = jnp.maximum(jnp.sum(active), 1.0)
-  loss = jnp.sum(pos + neg) / count
+  pos = jax.nn.relu(dist - b + margin)
+  neg = jax.nn.relu(b - dist + margin)
+  # Per anchor: total weight / number of its positives and negatives (the other triplet member).
+  w_pos = jnp.sum(pos_w, axis=1, keepdims=True)
+  w_neg = jnp.sum(neg_w, axis=1, keepdims=True)
+  n_pos = jnp.sum(pos_w > 0, axis=1, keepdims=True).astype(dist.dtype)
+  n_neg = jnp.sum(neg_w > 0, axis=1, keepdims=True).astype(dist.dtype)
+  total = jnp.sum(pos_w * pos * w_neg) + jnp.sum(neg_w * neg * w_pos)
+  count = (jnp.sum(jnp.where((pos_w > 0) & (pos > 0), n_neg, 0.0))
+           + jnp.sum(jnp.where((neg_w > 0) & (neg > 0), n_pos, 0.0)))
   if nu:
-    loss = loss + nu * jnp.sum(active * jnp.broadcast_to(b, dist.shape)) / count
-  return loss
+    total = total + nu * jnp.sum(jnp.broadcast_to(b, w_pos.shape) * w_pos * w_neg)
+  return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
 
 
 def margin_loss(embeddings: Array, labels: Array, ref_embeddings: Array | None = None,
@@ -260,26 +284,35 @@ def margin_loss(embeddings: Array, labels: Array, ref_embeddings: Array | None =
 
 
 def lifted_structure_from_dist(dist: Array, target: Array, mask: Array | None = None, *,
-                               neg_margin: float = 1.0) -> Array:
+                               neg_margin: float = 1.0, pos_margin: float = 0.0) -> Array:
   """Lifted structured loss (Song et al., CVPR 2016) on a square distance matrix.
 
-  For a positive pair (i, j): `J_ij = log( sum_{k in N(i)} e^{m - d_ik} + sum_{l in N(j)} e^{m - d_jl} ) + d_ij`
+  For a positive pair (i, j):
+  `J_ij = log( sum_{k in N(i)} e^{m_neg - d_ik} + sum_{l in N(j)} e^{m_neg - d_jl} ) + d_ij - m_pos`
   and the loss is `1/2 mean_{(i,j) in P} [J_ij]_+^2` over ordered positive pairs (the paper's
-  `1/(2|P|) sum` over pairs). Needs queries == references (dist is [B, B]) since the negatives of
-  the positive j are used. Soft targets weight positives by y and negatives by 1 - y.
+  `1/(2|P|) sum` over unordered pairs, with its alpha = m_neg = 1), as PML's LiftedStructureLoss.
+  Needs queries == references (dist is [B, B]) since the negatives of the positive j are used.
+  Soft targets weight positives by y and negatives by 1 - y.
 
-  No positive pair: 0. A positive pair with no negatives at all: J_ij = d_ij.
+  Empty sets: no positive pair gives 0. A positive pair none of whose two members has a negative
+  has `J = -inf` (the log of an empty sum) and contributes 0, still counting in the mean; so a
+  batch of one class gives 0, as in PML. Deviation from PML: with a miner that leaves some
+  positive pairs without negatives while others keep theirs, PML takes the empty log-sum as 0
+  (J = d_ij - m_pos); here it is -inf, which is the formula's value.
   """
   _checks.matrix_triple(dist, target, mask, "dist")
   if dist.shape[0] != dist.shape[1]:
     raise ValueError(f"lifted structure needs a square [B, B] `dist`, got {dist.shape}.")
   pos_w, neg_w = _generic.pair_weights(target, mask)
   lse_n, has_n = _generic.masked_logsumexp(neg_margin - dist, neg_w)
-  lse_n = jnp.where(has_n, lse_n, -jnp.inf)
-  pair_lse = jnp.logaddexp(lse_n[:, None], lse_n[None, :])
-  pair_lse = jnp.where(jnp.isfinite(pair_lse), pair_lse, 0.0)
-  j = pair_lse + dist
-  per_pair = jnp.square(jax.nn.relu(j))
+  a_i, a_j = lse_n[:, None], lse_n[None, :]
+  has_i, has_j = has_n[:, None], has_n[None, :]
+  # logaddexp of the two rows' log-sums, written so that an empty side never produces -inf
+  # (whose gradient would be NaN).
+  pair_lse = jnp.where(has_i & has_j, jnp.logaddexp(a_i, a_j), jnp.where(has_i, a_i, a_j))
+  has_neg = has_i | has_j
+  j = pair_lse + dist - pos_margin
+  per_pair = jnp.where(has_neg, jnp.square(jax.nn.relu(j)), 0.0)
   return 0.5 * jnp.sum(pos_w * per_pair) / jnp.maximum(jnp.sum(pos_w), 1e-12)
 
 
@@ -289,10 +322,17 @@ def generalized_lifted_structure_from_dist(dist: Array, target: Array,
                                            neg_margin: float = 1.0) -> Array:
   """Generalised lifted structure loss (Hermans et al., 2017), per anchor.
 
-  `[ log sum_p y e^{d_ap - m_pos} + log sum_n (1 - y) e^{m_neg - d_an} ]_+`, mean over anchors
-  (anchors lacking a positive or a negative give 0). The generic form with tau = relu(p + q) of
-  the two log-sums. Defaults as PML: pos_margin 0, neg_margin 1.
+  `[ log sum_p y e^{d_ap - m_pos} + log sum_n (1 - y) e^{m_neg - d_an} ]_+`, mean over all
+  anchors. The generic form with tau = relu(p + q) of the two log-sums. Defaults as PML:
+  pos_margin 0, neg_margin 1.
+
+  Empty sets: an anchor lacking a positive or a negative gives 0 (an empty log-sum is -inf), and
+  still counts in the mean. Deviation from PML's GeneralizedLiftedStructureLoss: PML takes an
+  empty log-sum as 0, so an anchor without positives there still gives `[log sum_n ...]_+` (and
+  one without negatives `[log sum_p ...]_+`). The two agree whenever every anchor has both, e.g.
+  any class-balanced (P x K, K >= 2) batch of at least two classes.
   """
+  _checks.matrix_triple(dist, target, mask, "dist")
   return _generic.generic_loss(
       dist, target, mask,
       rho_pos=lambda d: d - pos_margin, rho_neg=lambda d: neg_margin - d,
@@ -304,13 +344,16 @@ def lifted_structure_loss(embeddings: Array, labels: Array, *, neg_margin: float
                           mask: Array | None = None) -> Array:
   """Lifted structure loss over a batch (Euclidean distance of normalised embeddings).
 
-  `generalized=False`: Song et al. 2016 (pairs); True: the per-anchor generalised form.
+  `generalized=False`: Song et al. 2016 (pairs), `lifted_structure_from_dist`; True: the
+  per-anchor generalised form, `generalized_lifted_structure_from_dist`. No `ref_embeddings`:
+  the pair form needs the negatives of both members of a positive pair (PML does not support
+  references for it either).
   """
   d, t, m = dist_inputs(embeddings, labels, mask=mask)
   if generalized:
     return generalized_lifted_structure_from_dist(d, t, m, pos_margin=pos_margin,
                                                   neg_margin=neg_margin)
-  return lifted_structure_from_dist(d, t, m, neg_margin=neg_margin)
+  return lifted_structure_from_dist(d, t, m, neg_margin=neg_margin, pos_margin=pos_margin)
 
 
 # --------------------------------------------------------------------------- circle
@@ -355,6 +398,10 @@ def supcon_from_sim(sim: Array, target: Array, mask: Array | None = None, *,
   positives of the log-probability of each positive against every valid reference (positives
   included, self excluded). Averaged over anchors with a non-zero loss (PML's AvgNonZeroReducer);
   an anchor without positives gives 0. Temperature 0.1 (PML; the paper used 0.1 too).
+
+  Deviation from PML: PML returns 0 for the whole batch when it holds no negative pair at all
+  (a single class); here each anchor still gets `log sum_x e^{s_ax/T} - mean_p s_ap/T`, the
+  formula's value (> 0 unless all positives are equally similar). Batches with negatives agree.
   """
   _checks.matrix_triple(sim, target, mask)
   pos_w, neg_w = _generic.pair_weights(target, mask)
@@ -382,7 +429,8 @@ def ntxent_from_sim(sim: Array, target: Array, mask: Array | None = None, *,
 
   For each positive pair (a, p): `-log( e^{s_ap/T} / (e^{s_ap/T} + sum_n e^{s_an/T}) )`, averaged
   over positive pairs (weighted by y for soft targets), as PML's NTXentLoss. Temperature 0.07 (PML).
-  A pair whose anchor has no negatives gives 0.
+  Other positives of the anchor are not in the denominator. A pair whose anchor has no negatives
+  gives 0 (and still counts in the mean); no positive pair at all: 0.
   """
   _checks.matrix_triple(sim, target, mask)
   pos_w, neg_w = _generic.pair_weights(target, mask)
@@ -400,15 +448,23 @@ def ntxent_loss(embeddings: Array, labels: Array, ref_embeddings: Array | None =
   return ntxent_from_sim(s, t, m, temperature=temperature)
 
 
-def n_pairs_loss(embeddings: Array, labels: Array, *, l2_reg: float = 0.0) -> Array:
+def n_pairs_loss(embeddings: Array, labels: Array, *, l2_reg: float = 0.0,
+                 normalize: bool = True) -> Array:
   """Multi-class N-pair loss (Sohn, NeurIPS 2016) over a class-balanced batch.
 
   Within the batch, the first example of each class is its anchor and the second its positive
-  (classes with one example take no part). Each anchor is scored by dot product against every
-  class's positive: `-log( e^{f_a . f_p} / sum_{classes c} e^{f_a . f_c} )`, averaged over
-  anchors: `softmax_generic_loss` on a [B, B] matrix whose mask keeps anchor rows and positive
-  columns. Unnormalised embeddings and dot product as the paper and PML; `l2_reg` adds the paper's
-  `l2_reg * mean ||f||^2` (0.002 there; PML adds none by default). No class with two examples: 0.
+  (classes with one example take no part), which is PML's choice of one positive pair per label.
+  Each anchor is scored against every class's positive: `-log( e^{s_ap} / sum_{classes c}
+  e^{s_ac} )`, averaged over anchors: `softmax_generic_loss` on a [B, B] matrix whose mask keeps
+  anchor rows and positive columns. No class with two examples: 0.
+
+  Args:
+    embeddings: [B, d] float. labels: [B] int.
+    l2_reg: adds the paper's `l2_reg * mean ||f||^2` of the raw embeddings (0.002 in the paper;
+      PML adds none by default).
+    normalize: True (default, as PML's NPairsLoss, whose DotProductSimilarity normalises the
+      embeddings): `s` is the cosine similarity, with no temperature. False: the paper's inner
+      product of unnormalised embeddings (use it with `l2_reg`).
   """
   _checks.embeddings(embeddings)
   _checks.labels(labels, embeddings.shape[0])
@@ -419,7 +475,8 @@ def n_pairs_loss(embeddings: Array, labels: Array, *, l2_reg: float = 0.0) -> Ar
   positive = rank == 1
   has_pos = jnp.any(same & positive[None, :], axis=1)
   mask = (anchor & has_pos)[:, None] & positive[None, :]
-  sim = embeddings @ embeddings.T
+  z = similarity.l2_normalize(embeddings) if normalize else embeddings
+  sim = z @ z.T
   loss = _generic.softmax_generic_loss(sim, same.astype(sim.dtype), mask)
   if l2_reg:
     loss = loss + l2_reg * jnp.mean(jnp.sum(jnp.square(embeddings), axis=1))
