@@ -1,0 +1,38 @@
+"""Evaluation of embeddings: exact k-NN search, retrieval metrics and clustering metrics.
+
+The metrics follow pytorch-metric-learning's `AccuracyCalculator` and "A Metric Learning Reality
+Check" (Musgrave et al., ECCV 2020). Typical use on a test set (leave-one-out retrieval):
+
+    from jaxdml import evaluation
+    metrics = evaluation.retrieval_metrics(embeddings, labels)  # "recall@1", "map@r", ...
+    metrics |= evaluation.clustering_metrics(embeddings, labels)  # "nmi", "f1"
+
+This layer depends only on `jaxdml.similarity`, JAX and NumPy.
+"""
+
+from jaxdml.evaluation._clustering import clustering_f1, clustering_metrics, kmeans, nmi
+from jaxdml.evaluation._metrics import (
+    map_at_r,
+    mean_average_precision,
+    num_relevant,
+    precision_at_1,
+    r_precision,
+    recall_at_k,
+    retrieval_metrics,
+)
+from jaxdml.evaluation._search import knn
+
+__all__ = [
+    "clustering_f1",
+    "clustering_metrics",
+    "kmeans",
+    "knn",
+    "map_at_r",
+    "mean_average_precision",
+    "nmi",
+    "num_relevant",
+    "precision_at_1",
+    "r_precision",
+    "recall_at_k",
+    "retrieval_metrics",
+]
