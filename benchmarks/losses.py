@@ -20,13 +20,21 @@ import numpy as np
 NUM_CLASSES = 100
 
 
-def _median_time(fn, repeats):
-  fn()  # warm-up (compilation)
+def _median_time(fn, repeats, budget_s=20.0):
+  """Median of `repeats` timed calls after a warm-up (compilation); stops early past budget_s."""
+  t = time.perf_counter()
+  fn()
+  first = time.perf_counter() - t
+  if first > budget_s:  # one call is already past the budget: report it (nothing to compile)
+    return first
   times = []
+  start = time.perf_counter()
   for _ in range(repeats):
     t = time.perf_counter()
     fn()
     times.append(time.perf_counter() - t)
+    if time.perf_counter() - start > budget_s:
+      break
   return float(np.median(times))
 
 
@@ -80,6 +88,8 @@ def main():
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--only", nargs="*", help="run only these losses")
   parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--pml-limit", type=float, default=10.0,
+                      help="skip larger batches of a loss once a PML call takes this long")
   args = parser.parse_args()
 
   import jax
@@ -94,7 +104,12 @@ def main():
   for name, (jfn, pml_factory, has_w) in table.items():
     if args.only and name not in args.only:
       continue
+    pml_too_slow = False
     for b in args.batch_sizes:
+      if pml_too_slow:
+        print(f"{name:<20}{b:>6}   skipped: PML took over {args.pml_limit:.0f} s per call at a "
+              "smaller batch", flush=True)
+        continue
       rng = np.random.default_rng(0)
       z = rng.standard_normal((b, args.dim)).astype(np.float32)
       y = ((np.arange(b) // 4) % NUM_CLASSES).astype(np.int64)
@@ -131,6 +146,7 @@ def main():
 
       t_j = _median_time(run_jax, args.repeats)
       t_t = _median_time(run_torch, args.repeats)
+      pml_too_slow = t_t > args.pml_limit
       diff = abs(float(run_jax()[0]) - float(run_torch().item()))
       print(f"{name:<20}{b:>6}{t_j * 1e3:>11.2f}{t_t * 1e3:>10.2f}{t_t / t_j:>12.1f}"
             f"{diff:>10.2e}", flush=True)

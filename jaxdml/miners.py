@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdml import _checks
+from jaxdml._sort import argsort_rows
 from jaxdml.losses import _generic
 
 Array = jax.Array
@@ -58,7 +59,8 @@ def semihard_miner(dist: Array, target: Array, mask: Array | None = None, *,
   # negative n is kept if some positive distance lies in (d_an - margin, d_an): count them with
   # two binary searches in each anchor's sorted positive distances (O(QR log R), no [Q, R, R]).
   d = jax.lax.stop_gradient(dist)
-  pos_sorted = jnp.sort(jnp.where(pos, d, jnp.inf), axis=1)
+  pos_keys = jnp.where(pos, d, jnp.inf)
+  pos_sorted = jnp.take_along_axis(pos_keys, argsort_rows(pos_keys), axis=1)
   search = lambda side: jax.vmap(lambda a, v: jnp.searchsorted(a, v, side=side))
   below = search("left")(pos_sorted, d)  # positives with d_ap < d_an
   at_most = search("right")(pos_sorted, d - margin)  # positives with d_ap <= d_an - margin

@@ -40,7 +40,7 @@ def sim_inputs(embeddings, labels, ref_embeddings=None, ref_labels=None, *, sim=
                mask=None) -> tuple[Array, Array, Array]:
   """(sim, target, mask) for a batch against itself (self-pairs masked) or against references."""
   refs, ref_labels, self_ref = _refs(embeddings, labels, ref_embeddings, ref_labels)
-  s = similarity.get(sim)(embeddings, refs)
+  s = similarity.get(sim)(embeddings, None if self_ref else refs)
   target, valid = _targets(labels, ref_labels, self_ref, mask)
   return s, target, valid
 
@@ -50,15 +50,16 @@ def dist_inputs(embeddings, labels, ref_embeddings=None, ref_labels=None, *,
   """(dist, target, mask); by default Euclidean distance of L2-normalised embeddings."""
   _checks.one_of(distance, DISTANCES, "distance")
   refs, ref_labels, self_ref = _refs(embeddings, labels, ref_embeddings, ref_labels)
-  q, r = embeddings, refs
+  q, r = embeddings, None if self_ref else refs
   if normalize or distance == "cosine":
-    q, r = similarity.l2_normalize(q), similarity.l2_normalize(r)
+    q = similarity.l2_normalize(q)
+    r = None if r is None else similarity.l2_normalize(r)
   if distance == "euclidean":
     d = similarity.euclidean(q, r)
   elif distance == "squared_euclidean":
     d = similarity.squared_euclidean(q, r)
   else:
-    d = 1.0 - q @ r.T
+    d = 1.0 - similarity.dot(q, r)
   target, valid = _targets(labels, ref_labels, self_ref, mask)
   return d, target, valid
 

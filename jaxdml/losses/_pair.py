@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdml import _checks, similarity
+from jaxdml._sort import argsort_rows
 from jaxdml.losses import _generic
 from jaxdml.losses._inputs import dist_inputs, sim_inputs
 
@@ -71,16 +72,19 @@ def contrastive_loss(embeddings: Array, labels: Array, ref_embeddings: Array | N
 _TRIPLETS = ("all", "semihard", "hard")
 
 
-def _interval_sums(keys: Array, w_cum: Array, wd_cum: Array, c_cum: Array, lo: Array,
-                   hi: Array):
-  """Per row: sums of w, w*d and counts over sorted negatives with lo < d < hi."""
-  search = jax.vmap(functools.partial(jnp.searchsorted, side="left"))
-  k_hi = search(keys, hi)
-  k_lo = jax.vmap(functools.partial(jnp.searchsorted, side="right"))(keys, lo)
-  k_lo = jnp.minimum(k_lo, k_hi)
+def _interval_sums(keys: Array, cums: tuple[Array, ...], lo: Array | None, hi: Array
+                   ) -> list[Array]:
+  """Per row: differences of prefix sums `cums` ([Q, R+1] each) over sorted keys in (lo, hi).
+
+  `lo=None` means no lower bound. Returns [Q, R] sums over the keys with lo < key < hi.
+  """
+  search = lambda side: jax.vmap(functools.partial(jnp.searchsorted, side=side))
   take = lambda a, k: jnp.take_along_axis(a, k, axis=1)
-  return (take(w_cum, k_hi) - take(w_cum, k_lo), take(wd_cum, k_hi) - take(wd_cum, k_lo),
-          take(c_cum, k_hi) - take(c_cum, k_lo))
+  k_hi = search("left")(keys, hi)
+  if lo is None:
+    return [take(c, k_hi) for c in cums]  # the prefix sums start at 0
+  k_lo = jnp.minimum(search("right")(keys, lo), k_hi)
+  return [take(c, k_hi) - take(c, k_lo) for c in cums]
 
 
 def _all_triplets(dist, pos_w, neg_w, margin, semihard):
@@ -92,18 +96,16 @@ def _all_triplets(dist, pos_w, neg_w, margin, semihard):
   """
   active = neg_w > 0
   keys = jnp.where(active, jax.lax.stop_gradient(dist), jnp.inf)
-  order = jnp.argsort(keys, axis=1)
+  order = argsort_rows(keys)
   keys = jnp.take_along_axis(keys, order, axis=1)
   d_sorted = jnp.take_along_axis(dist, order, axis=1)
   w_sorted = jnp.take_along_axis(neg_w, order, axis=1)
-  zero = jnp.zeros((dist.shape[0], 1), dist.dtype)
-  cum = lambda a: jnp.concatenate([zero, jnp.cumsum(a, axis=1)], axis=1)
-  w_cum, wd_cum = cum(w_sorted), cum(w_sorted * d_sorted)
-  c_cum = cum((w_sorted > 0).astype(dist.dtype))
+  # prefix sums (with a leading 0) of weights, weighted distances and counts
+  cum = lambda a: jnp.pad(jnp.cumsum(a, axis=1), ((0, 0), (1, 0)))
+  cums = (cum(w_sorted), cum(w_sorted * d_sorted), cum((w_sorted > 0).astype(dist.dtype)))
   x = dist + margin
-  lo = jax.lax.stop_gradient(dist) if semihard else jnp.full_like(dist, -jnp.inf)
-  w_sum, wd_sum, count = _interval_sums(keys, w_cum, wd_cum, c_cum, lo,
-                                        jax.lax.stop_gradient(x))
+  lo = jax.lax.stop_gradient(dist) if semihard else None
+  w_sum, wd_sum, count = _interval_sums(keys, cums, lo, jax.lax.stop_gradient(x))
   per_pair = x * w_sum - wd_sum
   total = jnp.sum(pos_w * per_pair)
   n_nonzero = jnp.sum(jnp.where(pos_w > 0, count, 0.0))
