@@ -457,8 +457,8 @@ def n_pairs_loss(embeddings: Array, labels: Array, *, l2_reg: float = 0.0,
   Within the batch, the first example of each class is its anchor and the second its positive
   (classes with one example take no part), which is PML's choice of one positive pair per label.
   Each anchor is scored against every class's positive: `-log( e^{s_ap} / sum_{classes c}
-  e^{s_ac} )`, averaged over anchors: `softmax_generic_loss` on a [B, B] matrix whose mask keeps
-  anchor rows and positive columns. No class with two examples: 0.
+  e^{s_ac} )`, averaged over anchors: `softmax_generic_loss` on the [B/2, B/2] matrix of anchors
+  against positives (padded to a static size, padding masked). No class with two examples: 0.
 
   Args:
     embeddings: [B, d] float. labels: [B] int.
@@ -475,11 +475,20 @@ def n_pairs_loss(embeddings: Array, labels: Array, *, l2_reg: float = 0.0,
   rank = jnp.sum(earlier, axis=1)  # rank of example i within its class
   anchor = rank == 0
   positive = rank == 1
+  # the positive of each example's class (its rank-1 member), if any
+  pos_of = jnp.argmax(same & positive[None, :], axis=1)
   has_pos = jnp.any(same & positive[None, :], axis=1)
-  mask = (anchor & has_pos)[:, None] & positive[None, :]
+  # Compact the scored pairs: at most B // 2 classes have two examples, so anchors and their
+  # positives fit in B // 2 slots, and the matrix is [B/2, B/2] instead of [B, B].
+  n = max(embeddings.shape[0] // 2, 1)
+  a_idx = jnp.nonzero(anchor & has_pos, size=n, fill_value=0)[0]
+  valid = jnp.arange(n) < jnp.sum(anchor & has_pos)
+  p_idx = pos_of[a_idx]
   z = similarity.l2_normalize(embeddings) if normalize else embeddings
-  sim = z @ z.T
-  loss = _generic.softmax_generic_loss(sim, same.astype(sim.dtype), mask)
+  sim = z[a_idx] @ z[p_idx].T
+  target = jnp.eye(n, dtype=sim.dtype)  # anchor i's positive is column i
+  mask = valid[:, None] & valid[None, :]
+  loss = _generic.softmax_generic_loss(sim, target, mask)
   if l2_reg:
     loss = loss + l2_reg * jnp.mean(jnp.sum(jnp.square(embeddings), axis=1))
   return loss

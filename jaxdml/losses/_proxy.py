@@ -380,14 +380,17 @@ def normalized_softmax_loss(
 def arcface_margin_cosine(cos: Array, margin: float = 0.5, eps: float = 1e-7) -> Array:
   """psi(theta): cos(theta + m) where theta <= pi - m, else cos(theta) - m sin(m).
 
-  The second branch keeps psi decreasing in theta (as in the ArcFace code and PML). `cos` is
-  clipped to [-1 + eps, 1 - eps] before `arccos` (eps is raised to the dtype's machine epsilon if
-  smaller), so the gradient is finite everywhere, including cos = +-1 (where it is 0).
+  The second branch keeps psi decreasing in theta (as in the ArcFace code and PML). Computed
+  without `arccos`: cos(theta + m) = cos(theta) cos(m) - sin(theta) sin(m) with
+  sin(theta) = sqrt(1 - cos^2), and theta <= pi - m is cos(theta) >= -cos(m). `cos` is clipped to
+  [-1 + eps, 1 - eps] inside the square root (eps is raised to the dtype's machine epsilon if
+  smaller), so the gradient is finite everywhere, including cos = +-1.
   """
   eps = max(float(eps), float(jnp.finfo(cos.dtype).eps))
-  theta = jnp.arccos(jnp.clip(cos, -1.0 + eps, 1.0 - eps))
-  return jnp.where(theta <= jnp.pi - margin, jnp.cos(theta + margin),
-                   cos - margin * jnp.sin(margin))
+  c = jnp.clip(cos, -1.0 + eps, 1.0 - eps)
+  sin_theta = jnp.sqrt(1.0 - c * c)
+  cos_m, sin_m = jnp.cos(margin), jnp.sin(margin)
+  return jnp.where(c >= -cos_m, c * cos_m - sin_theta * sin_m, cos - margin * sin_m)
 
 
 def arcface_from_sim(
