@@ -1,5 +1,8 @@
 """The small CNN of the digit-pairs benchmark, with a convolution fast on CPU.
 
+Measured on a 2-core CPU (jax 0.10.2): inside the jitted `lax.scan` epoch of `jaxdml.train`, a
+step with `lax.conv_general_dilated` took about 550 ms, with the im2col form about 15 ms.
+
 XLA's CPU convolution is slow for tiny images and channel counts (the step of this network spent
 most of its time there). `conv2d_same(..., impl="im2col")` writes a stride-1 "same" convolution
 as one matrix product over the k*k shifted copies of the input (im2col), which XLA's CPU backend
