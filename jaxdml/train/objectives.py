@@ -18,7 +18,7 @@ from jaxdml.losses._inputs import dist_inputs, sim_inputs
 
 Array = jax.Array
 
-# name -> (wrapper, "sim" | "dist" for the miner input, needs proxies, proxy init method)
+# pair losses: name -> (wrapper, what the miner reads: "sim", "dist", or None = forms its own pairs)
 PAIR_LOSSES: dict[str, tuple[Callable[..., Array], str]] = {
     "contrastive": (losses.contrastive_loss, "dist"),
     "triplet": (losses.triplet_margin_loss, "dist"),
@@ -31,6 +31,7 @@ PAIR_LOSSES: dict[str, tuple[Callable[..., Array], str]] = {
     "n_pairs": (losses.n_pairs_loss, None),
 }
 
+# proxy losses: name -> (wrapper, `init_proxies` method)
 PROXY_LOSSES: dict[str, tuple[Callable[..., Array], str]] = {
     "proxy_anchor": (losses.proxy_anchor_loss, "proxy_anchor"),
     "proxy_nca": (losses.proxy_nca_loss, "normal"),

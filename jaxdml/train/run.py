@@ -41,9 +41,10 @@ def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
   say = print if verbose else (lambda *a, **k: None)
   say(f"digit pairs: {len(data.train_images)} train images of {len(classes)} classes, "
       f"{len(data.test_images)} test images of {len(np.unique(data.test_labels))} unseen classes")
+  batches = len(data.train_images) // (config.classes_per_batch * config.per_class)
   say(f"loss {objective.name}" + (f" + miner {config.miner}" if config.miner else "") +
-      f", {config.epochs} epochs of {len(data.train_images) // (config.classes_per_batch * config.per_class)} "
-      f"batches of {config.classes_per_batch}x{config.per_class}")
+      f", {config.epochs} epochs of {batches} batches of "
+      f"{config.classes_per_batch}x{config.per_class}")
 
   rows = {}
   if config.eval_baselines:
