@@ -33,7 +33,12 @@ def _train(args) -> int:
   from jaxdml.train import NonFiniteLossError, run_digits
   from jaxdml.train.objectives import ALIASES, names
   config = load_config(args.config)
-  overrides = list(args.set or [])
+  overrides = []
+  if args.loss is not None and args.loss != config.loss:
+    # the config's loss hyperparameters belong to its own loss; start the new one from its
+    # defaults (a --set loss_kwargs=... below still applies)
+    overrides.append("loss_kwargs={}")
+  overrides += list(args.set or [])
   for flag in ("loss", "miner", "epochs", "embedding_dim", "classes_per_batch", "per_class",
                "seed", "learning_rate"):
     value = getattr(args, flag)

@@ -49,3 +49,12 @@ def test_bad_input_is_a_clear_error(argv, message, capsys):
 def test_missing_config_file():
   with pytest.raises(SystemExit, match="not found"):
     cli.main(["train", "--config", "does/not/exist.py"])
+
+
+def test_switching_loss_drops_the_configs_loss_kwargs(tmp_path):
+  out = tmp_path / "m.json"
+  code = cli.main(["train", "--no-progress", "--loss", "proxy_anchor", "--epochs", "1",
+                   "--set", "eval_baselines=false", "--output", str(out)])
+  assert code == 0
+  cfg = json.loads(out.read_text())["config"]
+  assert cfg["loss"] == "proxy_anchor" and cfg["loss_kwargs"] == {}
