@@ -66,22 +66,21 @@ def torch_run(data, train_labels, args, seed):
 
 
 def jax_run(data, train_labels, args, seed):
-  import jax
-  import optax  # noqa: F401
+  """The `jaxdml train` path (`run_digits`): returns test embeddings and training times."""
+  del data, train_labels  # run_digits builds the same benchmark from its config
+  from jaxdml.train import TrainConfig, run_digits
+  from jaxdml.train.evaluate import Embedder
 
-  from jaxdml.models import SmallCNN
-  from jaxdml.train import embed, fit, make_objective
-  from jaxdml.train.loop import make_optimizer
-
-  model = SmallCNN(embedding_dim=args.dim, conv_impl=args.conv_impl)
-  objective = make_objective("multi_similarity", num_classes=int(train_labels.max()) + 1,
-                             dim=args.dim)
-  tx = make_optimizer(1e-3, 1e-4, 1e-1)
-  result = fit(model, objective, data.train_images, train_labels, epochs=args.epochs,
-               classes_per_batch=16, per_class=4, tx=tx, seed=seed, progress=False)
-  emb = embed(model, result.state.params["model"], data.test_images)
-  jax.block_until_ready(emb)
-  return emb, result.seconds, result.seconds - result.compile_seconds
+  config = TrainConfig(seed=seed, epochs=args.epochs, embedding_dim=args.dim,
+                       conv_impl=args.conv_impl, eval_baselines=False)
+  result = run_digits(config, progress=False, verbose=False)
+  from jaxdml.data import make_digit_pairs
+  from jaxdml.train import builders
+  model, _ = builders.build_model(config)
+  test = make_digit_pairs(config.data_seed).test_images
+  state = result["state"]
+  emb = Embedder(model, builders.build_mesh(config)).arrays(state.params, state.model_state, test)
+  return emb, result["train_seconds"], result["train_seconds"] - result["compile_seconds"]
 
 
 def main():
@@ -95,7 +94,7 @@ def main():
   args = parser.parse_args()
 
   from jaxdml.data import make_digit_pairs
-  from jaxdml.train import evaluate
+  from jaxdml.train.evaluate import leave_one_out_metrics as evaluate
 
   data = make_digit_pairs(0)
   _, train_labels = np.unique(data.train_labels, return_inverse=True)

@@ -30,7 +30,7 @@ def load_config(spec: str | None):
 
 
 def _train(args) -> int:
-  from jaxdml.train import NonFiniteLossError, run_digits
+  from jaxdml.train import NonFiniteLossError, run
   from jaxdml.train.objectives import ALIASES, names
   config = load_config(args.config)
   overrides = []
@@ -48,7 +48,7 @@ def _train(args) -> int:
     config = config.override(overrides)
     if config.loss not in names() and config.loss not in ALIASES:
       raise ValueError(f"unknown loss {config.loss!r}; choose from {names()}.")
-    result = run_digits(config, progress=not args.no_progress)
+    result = run(config, progress=not args.no_progress)
   except (ValueError, TypeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -1,6 +1,5 @@
 """Notebooks run top to bottom (figures go to a temporary folder)."""
 
-import os
 import pathlib
 
 import pytest

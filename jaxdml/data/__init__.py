@@ -1,6 +1,31 @@
-"""Datasets and batch samplers."""
+"""Datasets, sources, transforms, samplers and the grain input pipeline.
 
+TFDS builders for manually downloaded datasets live in `jaxdml.data.tfds_builders` (imported on
+demand: importing it registers "deepfashion_inshop" and "dyml" with TFDS).
+"""
+
+from jaxdml.data import transforms
 from jaxdml.data.digits import DigitPairs, make_digit_pairs
 from jaxdml.data.samplers import class_balanced_batches
+from jaxdml.data.sources import (
+  ArraySource,
+  ImageFolderSource,
+  SubsetSource,
+  TFDSSource,
+  dml_split,
+  relabel,
+)
 
-__all__ = ["DigitPairs", "make_digit_pairs", "class_balanced_batches"]
+_PIPELINE = ("MPerClassSampler", "make_eval_loader", "make_train_loader")
+
+
+def __getattr__(name):  # the grain pipeline is imported on first use (grain takes ~1.5 s)
+  if name in _PIPELINE:
+    from jaxdml.data import pipeline  # noqa: PLC0415
+    return getattr(pipeline, name)
+  raise AttributeError(f"module 'jaxdml.data' has no attribute {name!r}")
+
+
+__all__ = ["transforms", "DigitPairs", "make_digit_pairs", "MPerClassSampler", "make_eval_loader",
+           "make_train_loader", "class_balanced_batches", "ArraySource", "ImageFolderSource",
+           "SubsetSource", "TFDSSource", "dml_split", "relabel"]

@@ -7,6 +7,9 @@ Check" (Musgrave et al., ECCV 2020). Typical use on a test set (leave-one-out re
     metrics = evaluation.retrieval_metrics(embeddings, labels)  # "recall@1", "map@r", ...
     metrics |= evaluation.clustering_metrics(embeddings, labels)  # "nmi", "f1"
 
+`sharded_knn` is `knn` with the references split across the devices of a mesh;
+`retrieval_metrics(..., mesh=mesh)` uses it.
+
 This layer depends only on `jaxdml.similarity`, JAX and NumPy.
 """
 
@@ -21,10 +24,12 @@ from jaxdml.evaluation._metrics import (
     retrieval_metrics,
 )
 from jaxdml.evaluation._search import knn
+from jaxdml.evaluation._sharded import default_mesh, sharded_knn
 
 __all__ = [
     "clustering_f1",
     "clustering_metrics",
+    "default_mesh",
     "kmeans",
     "knn",
     "map_at_r",
@@ -35,4 +40,5 @@ __all__ = [
     "r_precision",
     "recall_at_k",
     "retrieval_metrics",
+    "sharded_knn",
 ]

@@ -26,7 +26,7 @@ from jax import lax
 
 from jaxdml import _checks
 from jaxdml import similarity as similarity_lib
-from jaxdml.evaluation import _search
+from jaxdml.evaluation import _search, _sharded
 
 Array = jax.Array
 
@@ -372,6 +372,7 @@ def retrieval_metrics(
     similarity: str = "cosine",
     chunk_size: int = 1024,
     full_map: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, float]:
   """All retrieval metrics from one exact k-NN search (plus the full-ranking mAP).
 
@@ -392,6 +393,9 @@ def retrieval_metrics(
     full_map: also compute "map", the mAP over the full ranking (`mean_average_precision`). It
       scores every reference again and counts ranks, which costs about as much as the search
       (more with large classes); False skips it.
+    mesh: if given, the k-NN search splits the references over all devices of this mesh
+      (`sharded_knn`), with the same results up to the order of exactly tied neighbours. The
+      full-ranking "map" still runs on one device.
 
   Returns:
     Python floats under "recall@<k>" for each k, "precision@1", "r_precision", "map@r" and,
@@ -423,8 +427,12 @@ def retrieval_metrics(
   if num_candidates < 1:
     raise ValueError("retrieval metrics need at least one candidate reference per query.")
   k_search = min(max(max(ks), int(r.max()) if r.size else 1), num_candidates)
-  _, idx = _search.knn(embeddings, ref_embeddings, k_search, similarity=similarity,
-                       chunk_size=chunk_size)
+  if mesh is None:
+    _, idx = _search.knn(embeddings, ref_embeddings, k_search, similarity=similarity,
+                         chunk_size=chunk_size)
+  else:
+    _, idx = _sharded.sharded_knn(embeddings, ref_embeddings, k_search, similarity=similarity,
+                                  chunk_size=chunk_size, mesh=mesh)
   clipped = tuple(min(k, k_search) for k in ks)
   recalls, p1, rp, mapr = _knn_metrics(rl[np.asarray(idx)], ql, r, ks=clipped)
   out = {f"recall@{k}": float(v) for k, v in zip(ks, np.asarray(recalls), strict=True)}

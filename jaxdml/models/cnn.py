@@ -70,7 +70,9 @@ class SmallCNN(nn.Module):
   """conv3x3(32) - ReLU - conv3x3(64) - ReLU - maxpool 2x2 - linear(embedding_dim) [- L2 norm].
 
   The network of the digit-pairs benchmark (shared protocol with the PyTorch reference). Inputs
-  are [B, H, W] or [B, H, W, 1] images; outputs [B, embedding_dim].
+  are [B, H, W] or [B, H, W, 1] images; outputs [B, embedding_dim]. `train` is accepted for the
+  common model signature `model.apply(variables, x, train=...)` and changes nothing here (no
+  batch norm, no dropout).
   """
 
   embedding_dim: int = 128
@@ -78,7 +80,8 @@ class SmallCNN(nn.Module):
   conv_impl: str = "im2col"
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, *, train: bool = False) -> Array:
+    del train
     if x.ndim == 3:
       x = x[..., None]
     x = nn.relu(Conv3x3(32, self.conv_impl)(x))

@@ -1,18 +1,28 @@
-"""The digit-pairs run: data, model, objective, training, evaluation, report."""
+"""A whole run from a `TrainConfig`: data, model, objective, training, evaluation, report.
+
+`run(config)` dispatches on `config.dataset`: the built-in digit-pairs benchmark (in memory, one
+jitted call per epoch) or an image dataset through the grain pipeline. Both go through the same
+trainer (`jaxdml.train.trainer.train`): sharded steps, checkpoints and resumption in
+`config.workdir`, metrics logs and plots.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from typing import Callable
 
+import jax
 import numpy as np
 
-from jaxdml.data import make_digit_pairs
-from jaxdml.models import SmallCNN
-from jaxdml.train import loop
+from jaxdml.train import builders
 from jaxdml.train.config import TrainConfig
-from jaxdml.train.objectives import make_objective
+from jaxdml.train.evaluate import Embedder, leave_one_out_metrics
+from jaxdml.train.inputs import ArrayBatches, Stacked
+from jaxdml.train.trainer import train
 
-REPORT_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
+REPORT_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "recall@10", "recall@20", "map@r",
+               "r_precision", "nmi")
 
 
 def format_table(rows: dict[str, dict[str, float]], keys=REPORT_KEYS) -> str:
@@ -25,44 +35,84 @@ def format_table(rows: dict[str, dict[str, float]], keys=REPORT_KEYS) -> str:
   return "\n".join(lines)
 
 
-def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = True) -> dict:
-  """Trains and evaluates on the digit-pairs benchmark; returns metrics and timings."""
+def _say(verbose: bool) -> Callable[..., None]:
+  return print if verbose else (lambda *a, **k: None)
+
+
+def run(config: TrainConfig, *, progress: bool = True, verbose: bool = True) -> dict:
+  """Trains and evaluates the run described by `config`; returns metrics and timings."""
   config.validate()
+  if config.dataset == "digit_pairs":
+    return run_digits(config, progress=progress, verbose=verbose)
+  from jaxdml.train.run_images import run_images  # noqa: PLC0415 - needs the image pipeline
+  return run_images(config, progress=progress, verbose=verbose)
+
+
+def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = True) -> dict:
+  """Trains and evaluates on the digit-pairs benchmark (shared/design/digits_benchmark.md)."""
+  from jaxdml.data import make_digit_pairs  # noqa: PLC0415
+  config.validate()
+  if config.model != "small_cnn":
+    raise ValueError("the digit-pairs benchmark is defined with model='small_cnn'.")
+  say = _say(verbose)
   data = make_digit_pairs(config.data_seed, digits_per_image=config.digits_per_image,
                           train_images_per_class=config.train_images_per_class,
                           test_images_per_class=config.test_images_per_class)
   classes, train_labels = np.unique(data.train_labels, return_inverse=True)
   train_labels = train_labels.astype(np.int32)
-  model = SmallCNN(embedding_dim=config.embedding_dim, conv_impl=config.conv_impl)
-  objective = make_objective(config.loss, num_classes=len(classes), dim=config.embedding_dim,
-                             loss_kwargs=config.loss_kwargs, miner=config.miner,
-                             miner_kwargs=config.miner_kwargs)
-  tx = loop.make_optimizer(config.learning_rate, config.weight_decay, config.loss_param_lr)
-  say = print if verbose else (lambda *a, **k: None)
+  mesh = builders.build_mesh(config)
+  model, _ = builders.build_model(config)
+  objective = builders.build_objective(config, len(classes))
+  stack = config.steps_per_call is None
+  batches = ArrayBatches(data.train_images, train_labels,
+                         classes_per_batch=config.classes_per_batch, per_class=config.per_class,
+                         seed=config.seed, stack_epoch=stack)
+  steps_per_epoch = batches.steps_per_epoch
+  if not stack and config.steps_per_call > 1:
+    batches = Stacked(batches, config.steps_per_call)
+  k = getattr(batches, "steps_per_item", 1)
+  total = builders.epochs_to_steps(config.epochs, steps_per_epoch, k)
+  tx = builders.build_optimizer(config, steps_per_epoch)
   say(f"digit pairs: {len(data.train_images)} train images of {len(classes)} classes, "
       f"{len(data.test_images)} test images of {len(np.unique(data.test_labels))} unseen classes")
-  batches = len(data.train_images) // (config.classes_per_batch * config.per_class)
   say(f"loss {objective.name}" + (f" + miner {config.miner}" if config.miner else "") +
-      f", {config.epochs} epochs of {batches} batches of "
-      f"{config.classes_per_batch}x{config.per_class}")
+      f", {config.epochs} epochs of {steps_per_epoch} batches of "
+      f"{config.classes_per_batch}x{config.per_class} on {mesh.size} device(s)")
 
+  embedder = Embedder(model, mesh)
+  ks = config.recall_ks
   rows = {}
   if config.eval_baselines:
     raw = data.test_images.reshape(len(data.test_images), -1)
-    rows["raw pixels"] = loop.evaluate(raw, data.test_labels, ks=config.recall_ks)
-    import jax
-    init = model.init(jax.random.PRNGKey(config.seed), data.test_images[:2])
-    rows["untrained"] = loop.evaluate(loop.embed(model, init, data.test_images),
-                                      data.test_labels, ks=config.recall_ks)
-  result = loop.fit(model, objective, data.train_images, train_labels, epochs=config.epochs,
-                    classes_per_batch=config.classes_per_batch, per_class=config.per_class,
-                    tx=tx, seed=config.seed, progress=progress)
-  emb = loop.embed(model, result.state.params["model"], data.test_images)
-  rows["trained"] = loop.evaluate(emb, data.test_labels, ks=config.recall_ks)
+    rows["raw pixels"] = leave_one_out_metrics(raw, data.test_labels, ks=ks)
+    variables = dict(model.init(jax.random.PRNGKey(config.seed), data.test_images[:2]))
+    params = {"model": variables.pop("params")}
+    rows["untrained"] = leave_one_out_metrics(
+        embedder.arrays(params, variables, data.test_images), data.test_labels, ks=ks)
+
+  def eval_fn(state):
+    emb = embedder.arrays(state.params, state.model_state, data.test_images)
+    return leave_one_out_metrics(emb, data.test_labels, ks=ks, mesh=mesh)
+
+  result = train(model=model, objective=objective, tx=tx, batches=batches, total_steps=total,
+                 sample=data.train_images[:2], seed=config.seed, mesh=mesh,
+                 workdir=config.workdir,
+                 checkpoint_every=builders.epochs_to_steps(config.checkpoint_every_epochs,
+                                                           steps_per_epoch, k),
+                 keep_checkpoints=config.keep_checkpoints, eval_fn=eval_fn,
+                 eval_every=builders.epochs_to_steps(config.eval_every_epochs, steps_per_epoch,
+                                                     k),
+                 log_every=config.log_every, progress=progress, steps_per_epoch=steps_per_epoch)
+  rows["trained"] = result.evals[-1][1]
   say("\nleave-one-out retrieval on the unseen test classes")
   say(format_table(rows))
-  say(f"\ntraining time {result.seconds:.1f} s ({result.compile_seconds:.1f} s of it compiling), "
-      f"final loss {result.losses[-1]:.4f}")
+  final_loss = f", final loss {result.losses[-1]:.4f}" if len(result.losses) else ""
+  say(f"\ntraining time {result.seconds:.1f} s ({result.compile_seconds:.1f} s of it "
+      f"compiling){final_loss}")
+  if config.workdir:
+    say(f"checkpoints, metrics.jsonl, TensorBoard events and curves.png in "
+        f"{os.path.abspath(config.workdir)}")
   return {"metrics": rows, "train_seconds": result.seconds,
           "compile_seconds": result.compile_seconds, "losses": result.losses,
-          "state": result.state, "config": dataclasses.asdict(config)}
+          "state": result.state, "evals": result.evals, "resumed_from": result.resumed_from,
+          "config": dataclasses.asdict(config)}

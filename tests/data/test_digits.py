@@ -34,7 +34,7 @@ def test_images_are_the_digits_of_their_class(pairs):
   d = load_digits()
   by_digit = {k: {img.tobytes() for img in (d.images[d.target == k] / 16.0).astype(np.float32)}
               for k in range(10)}
-  for img, label in zip(pairs.test_images[::97], pairs.test_labels[::97]):
+  for img, label in zip(pairs.test_images[::97], pairs.test_labels[::97], strict=True):
     a, b = divmod(int(label), 10)
     assert np.ascontiguousarray(img[:, :8]).tobytes() in by_digit[a]
     assert np.ascontiguousarray(img[:, 8:]).tobytes() in by_digit[b]

@@ -16,7 +16,7 @@ def test_im2col_equals_xla_conv_values_and_gradients():
   np.testing.assert_allclose(a, r, atol=1e-5)
   f = lambda impl: jax.grad(lambda x, w: jnp.sum(jnp.sin(conv2d_same(x, w, impl=impl))),
                             argnums=(0, 1))(x, w)
-  for ga, gr in zip(f("im2col"), f("xla")):
+  for ga, gr in zip(f("im2col"), f("xla"), strict=True):
     np.testing.assert_allclose(ga, gr, atol=1e-4)
 
 

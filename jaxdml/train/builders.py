@@ -1,0 +1,85 @@
+"""From a `TrainConfig` (plain values) to the parts of a run: model, objective, optimiser, mesh."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+from jaxdml.train.config import TrainConfig
+from jaxdml.train.objectives import Objective, make_objective
+from jaxdml.train.optim import OptimizerSpec, make_optimizer
+from jaxdml.train.step import make_mesh
+
+
+def build_objective(config: TrainConfig, num_classes: int) -> Objective:
+  return make_objective(config.canonical_loss, num_classes=num_classes,
+                        dim=config.embedding_dim, loss_kwargs=config.loss_kwargs,
+                        miner=config.miner, miner_kwargs=config.miner_kwargs)
+
+
+def optimizer_spec(config: TrainConfig, steps_per_epoch: int) -> OptimizerSpec:
+  """The optimiser of `config`, with its epoch-based schedule converted to steps."""
+  total = config.epochs * steps_per_epoch
+  return OptimizerSpec(
+      optimizer=config.optimizer, learning_rate=config.learning_rate,
+      weight_decay=config.weight_decay,
+      lr_mult={"backbone": config.backbone_lr_mult, "head": config.head_lr_mult,
+               "loss": config.loss_lr_mult},
+      loss_weight_decay=config.loss_weight_decay, schedule=config.schedule,
+      warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)), total_steps=total,
+      decay_steps=tuple(int(e) * steps_per_epoch for e in config.lr_decay_epochs),
+      decay_rate=config.lr_decay_rate,
+      freeze_backbone_steps=config.freeze_backbone_epochs * steps_per_epoch,
+      clip_norm=config.clip_norm, clip_value=config.clip_value)
+
+
+def build_optimizer(config: TrainConfig, steps_per_epoch: int):
+  return make_optimizer(optimizer_spec(config, steps_per_epoch))
+
+
+def build_mesh(config: TrainConfig):
+  return make_mesh(config.num_devices)
+
+
+def default_normalization(config: TrainConfig) -> str:
+  if config.normalization is not None:
+    return config.normalization
+  return "bn_inception" if config.model == "bn_inception" else "imagenet"
+
+
+def build_model(config: TrainConfig):
+  """The Flax model of `config` (backbone + pooling + embedding head), and its weights loader.
+
+  Returns:
+    (model, load_pretrained) where `load_pretrained(variables) -> variables` puts the weights of
+    `config.pretrained` into the backbone part of freshly initialised variables (identity when
+    no file is given).
+  """
+  dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+  if config.model == "small_cnn":
+    from jaxdml.models import SmallCNN  # noqa: PLC0415
+    if config.pretrained:
+      raise ValueError("the small CNN has no pretrained weights; unset config.pretrained.")
+    return SmallCNN(embedding_dim=config.embedding_dim, normalize=config.normalize_embeddings,
+                    conv_impl=config.conv_impl), (lambda v: v)
+  from jaxdml import models  # noqa: PLC0415
+  backbone, load = models.backbone_from_name(config.model, frozen_bn=config.frozen_bn,
+                                             dtype=dtype)
+  model = models.EmbeddingModel(backbone=backbone, pooling=config.pooling,
+                                embedding_dim=config.embedding_dim, layer_norm=config.layer_norm,
+                                normalize=config.normalize_embeddings)
+
+  def load_pretrained(variables):
+    if not config.pretrained:
+      return variables
+    return models.with_backbone_weights(variables, load(config.pretrained))
+
+  return model, load_pretrained
+
+
+def epochs_to_steps(epochs: int | None, steps_per_epoch: int, k: int) -> int | None:
+  """Steps for an every-N-epochs setting, rounded up to a multiple of the steps per call."""
+  if epochs is None:
+    return None
+  return int(math.ceil(epochs * steps_per_epoch / k)) * k

@@ -1,0 +1,99 @@
+"""Checkpoints of a run with orbax: the train state and the data iterator's position together.
+
+Each checkpoint is one step directory holding two items:
+  - "state": the `TrainState` pytree (params, model state such as batch-norm statistics, optimiser
+    state, loss parameters, step, PRNG key);
+  - "data": the JSON state of the input iterator (a grain iterator's `get_state()`, or the batch
+    counter of an in-memory sampler),
+so that a resumed run draws exactly the batches an uninterrupted run would have drawn. Orbax
+writes each step to a temporary directory and renames it when complete, so a run killed during
+a save leaves the previous checkpoint as the latest one. The newest `max_to_keep` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def _encode_data_state(data_state: Any) -> dict:
+  if data_state is None:
+    return {"kind": "none"}
+  if isinstance(data_state, bytes):  # grain DataLoader iterators return JSON bytes
+    return {"kind": "bytes", "value": data_state.decode("utf-8")}
+  return {"kind": "json", "value": json.loads(json.dumps(data_state))}
+
+
+def _decode_data_state(stored: dict) -> Any:
+  kind = stored.get("kind", "json")
+  if kind == "none":
+    return None
+  if kind == "bytes":
+    return stored["value"].encode("utf-8")
+  return stored["value"]
+
+
+class Checkpointer:
+  """Saves and restores (train state, data-iterator state) pairs under `directory`.
+
+  Args:
+    directory: checkpoint root (created if missing); one sub-directory per saved step.
+    max_to_keep: number of newest checkpoints to keep.
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3):
+    self.directory = os.path.abspath(os.fspath(directory))
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "data"))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: Any = None) -> None:
+    """Writes checkpoint `step` (replacing nothing: an existing step is left as it is)."""
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(_encode_data_state(data_state))), force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, target: Any, step: int | None = None) -> tuple[Any, Any]:
+    """Restores checkpoint `step` (default: the latest) into the structure of `target`.
+
+    Args:
+      target: a train state (or its `jax.eval_shape`) giving the tree structure, shapes, dtypes
+        and shardings to restore into.
+      step: which checkpoint; None = the latest.
+
+    Returns:
+      (state, data_state).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}.")
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        target)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    return restored["state"], _decode_data_state(restored["data"])
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
