@@ -1,4 +1,4 @@
-"""Digit pairs, small CNN, Proxy-Anchor loss (proxies at lr 1e-1).
+"""Digit pairs, small CNN, Proxy-Anchor loss (proxies at 100x the learning rate: 1e-1).
 
     jaxdml train --config experiments/digits_proxy_anchor.py
 
@@ -9,5 +9,5 @@ from jaxdml.train import TrainConfig
 
 
 def get_config() -> TrainConfig:
-  return TrainConfig(loss="proxy_anchor", loss_kwargs={"margin": 0.1, "alpha": 32.0},
-                     loss_param_lr=1e-1)
+  return TrainConfig(name="digits_proxy_anchor", loss="proxy_anchor",
+                     loss_kwargs={"margin": 0.1, "alpha": 32.0}, loss_lr_mult=100.0)

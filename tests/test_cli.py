@@ -9,7 +9,8 @@ from jaxdml import cli
 
 def test_default_run_reaches_reference_quality(tmp_path, capsys):
   out = tmp_path / "metrics.json"
-  assert cli.main(["train", "--no-progress", "--output", str(out)]) == 0
+  run = tmp_path / "run"
+  assert cli.main(["train", "--no-progress", "--output", str(out), "--workdir", str(run)]) == 0
   printed = capsys.readouterr().out
   for row in ("raw pixels", "untrained", "trained", "map@r", "recall@8", "nmi"):
     assert row in printed
@@ -20,13 +21,21 @@ def test_default_run_reaches_reference_quality(tmp_path, capsys):
   assert m["untrained"]["map@r"] < 0.45 and m["raw pixels"]["map@r"] < 0.45
   assert m["trained"]["recall@1"] > m["raw pixels"]["recall@1"]
   assert result["config"]["loss"] == "multi_similarity"
+  for name in ("config.json", "metrics.jsonl", "curves.png", "retrieval.png", "tensorboard",
+               "checkpoints"):
+    assert (run / name).exists(), name
+  # `jaxdml eval` on the run directory restores the final checkpoint: the same figures
+  again = tmp_path / "again.json"
+  assert cli.main(["eval", "--workdir", str(run), "--output", str(again)]) == 0
+  m2 = json.loads(again.read_text())["metrics"]["trained"]
+  assert abs(m2["map@r"] - m["trained"]["map@r"]) < 1e-6
 
 
 def test_flags_reach_the_config(tmp_path):
   out = tmp_path / "m.json"
   code = cli.main(["train", "--no-progress", "--loss", "triplet", "--miner", "batch_hard",
                    "--epochs", "1", "--embedding-dim", "16", "--classes-per-batch", "8",
-                   "--per-class", "2", "--set", "eval_baselines=false", "--set",
+                   "--per-class", "2", "--set", "eval_baselines=false", "--no-workdir", "--set",
                    'loss_kwargs={"margin": 0.2}', "--output", str(out)])
   assert code == 0
   cfg = json.loads(out.read_text())["config"]
@@ -42,7 +51,7 @@ def test_flags_reach_the_config(tmp_path):
     (["train", "--per-class", "1"], "per_class"),
 ])
 def test_bad_input_is_a_clear_error(argv, message, capsys):
-  assert cli.main(argv + ["--no-progress"]) == 2
+  assert cli.main(argv + ["--no-progress", "--no-workdir"]) == 2
   assert message in capsys.readouterr().err
 
 
@@ -54,7 +63,12 @@ def test_missing_config_file():
 def test_switching_loss_drops_the_configs_loss_kwargs(tmp_path):
   out = tmp_path / "m.json"
   code = cli.main(["train", "--no-progress", "--loss", "proxy_anchor", "--epochs", "1",
-                   "--set", "eval_baselines=false", "--output", str(out)])
+                   "--set", "eval_baselines=false", "--output", str(out), "--no-workdir"])
   assert code == 0
   cfg = json.loads(out.read_text())["config"]
   assert cfg["loss"] == "proxy_anchor" and cfg["loss_kwargs"] == {}
+
+
+def test_eval_of_a_directory_without_a_run(tmp_path, capsys):
+  assert cli.main(["eval", "--workdir", str(tmp_path)]) == 2
+  assert "config.json" in capsys.readouterr().err

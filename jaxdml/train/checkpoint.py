@@ -67,12 +67,13 @@ class Checkpointer:
         data=ocp.args.JsonSave(_encode_data_state(data_state))), force=True)
     self._manager.wait_until_finished()
 
-  def restore(self, target: Any, step: int | None = None) -> tuple[Any, Any]:
+  def restore(self, target: Any = None, step: int | None = None) -> tuple[Any, Any]:
     """Restores checkpoint `step` (default: the latest) into the structure of `target`.
 
     Args:
       target: a train state (or its `jax.eval_shape`) giving the tree structure, shapes, dtypes
-        and shardings to restore into.
+        and shardings to restore into; None restores the arrays as saved, in plain containers
+        (dicts and lists), e.g. to inspect a checkpoint without building its model.
       step: which checkpoint; None = the latest.
 
     Returns:
@@ -81,7 +82,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}.")
-    abstract = jax.tree.map(
+    abstract = None if target is None else jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         target)
     restored = self._manager.restore(step, args=ocp.args.Composite(

@@ -9,6 +9,7 @@ trainer (`jaxdml.train.trainer.train`): sharded steps, checkpoints and resumptio
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Callable
 
@@ -39,16 +40,56 @@ def _say(verbose: bool) -> Callable[..., None]:
   return print if verbose else (lambda *a, **k: None)
 
 
-def run(config: TrainConfig, *, progress: bool = True, verbose: bool = True) -> dict:
-  """Trains and evaluates the run described by `config`; returns metrics and timings."""
+def run(config: TrainConfig, *, progress: bool = True, verbose: bool = True,
+        eval_only: bool = False) -> dict:
+  """Trains and evaluates the run described by `config`; returns metrics and timings.
+
+  With `config.workdir` set, the config is written to `workdir/config.json` and a run found there
+  is resumed. `eval_only`: evaluate the newest checkpoint in `config.workdir` without training.
+  """
   config.validate()
   if config.dataset == "digit_pairs":
-    return run_digits(config, progress=progress, verbose=verbose)
+    return run_digits(config, progress=progress, verbose=verbose, eval_only=eval_only)
   from jaxdml.train.run_images import run_images  # noqa: PLC0415 - needs the image pipeline
-  return run_images(config, progress=progress, verbose=verbose)
+  return run_images(config, progress=progress, verbose=verbose, eval_only=eval_only)
 
 
-def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = True) -> dict:
+def load_run_config(workdir: str | os.PathLike) -> TrainConfig:
+  """The `TrainConfig` a run saved in `workdir/config.json`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a jaxdml run directory?")
+  with open(path) as f:
+    raw = json.load(f)
+  fields = {f.name for f in dataclasses.fields(TrainConfig)}
+  for key in ("recall_ks", "lr_decay_epochs"):
+    if key in raw:
+      raw[key] = tuple(raw[key])
+  return TrainConfig(**{k: v for k, v in raw.items() if k in fields})
+
+
+def prepare_workdir(config: TrainConfig, eval_only: bool) -> int | None:
+  """Writes config.json; for `eval_only` returns the newest checkpoint step (the run's length)."""
+  if not config.workdir:
+    if eval_only:
+      raise ValueError("evaluation of a checkpoint needs config.workdir.")
+    return None
+  os.makedirs(config.workdir, exist_ok=True)
+  if jax.process_index() == 0 and not eval_only:
+    with open(os.path.join(config.workdir, "config.json"), "w") as f:
+      json.dump(dataclasses.asdict(config), f, indent=2)
+  if not eval_only:
+    return None
+  from jaxdml.train.checkpoint import Checkpointer  # noqa: PLC0415
+  with Checkpointer(os.path.join(config.workdir, "checkpoints")) as ckpt:
+    step = ckpt.latest_step()
+  if step is None:
+    raise ValueError(f"no checkpoint in {config.workdir} to evaluate.")
+  return step
+
+
+def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = True,
+               eval_only: bool = False) -> dict:
   """Trains and evaluates on the digit-pairs benchmark (shared/design/digits_benchmark.md)."""
   from jaxdml.data import make_digit_pairs  # noqa: PLC0415
   config.validate()
@@ -72,6 +113,7 @@ def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
     batches = Stacked(batches, config.steps_per_call)
   k = getattr(batches, "steps_per_item", 1)
   total = builders.epochs_to_steps(config.epochs, steps_per_epoch, k)
+  total = prepare_workdir(config, eval_only) or total
   tx = builders.build_optimizer(config, steps_per_epoch)
   say(f"digit pairs: {len(data.train_images)} train images of {len(classes)} classes, "
       f"{len(data.test_images)} test images of {len(np.unique(data.test_labels))} unseen classes")
@@ -82,7 +124,7 @@ def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
   embedder = Embedder(model, mesh)
   ks = config.recall_ks
   rows = {}
-  if config.eval_baselines:
+  if config.eval_baselines and not eval_only:
     raw = data.test_images.reshape(len(data.test_images), -1)
     rows["raw pixels"] = leave_one_out_metrics(raw, data.test_labels, ks=ks)
     variables = dict(model.init(jax.random.PRNGKey(config.seed), data.test_images[:2]))
@@ -109,7 +151,13 @@ def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
   final_loss = f", final loss {result.losses[-1]:.4f}" if len(result.losses) else ""
   say(f"\ntraining time {result.seconds:.1f} s ({result.compile_seconds:.1f} s of it "
       f"compiling){final_loss}")
-  if config.workdir:
+  if config.workdir and jax.process_index() == 0:
+    from jaxdml.train.run_images import save_retrieval_grid  # noqa: PLC0415
+    emb = embedder.arrays(result.state.params, result.state.model_state, data.test_images)
+    gray = np.clip(data.test_images * 255, 0, 255).astype(np.uint8)
+    image = lambda i: np.repeat(gray[i][..., None], 3, -1)
+    save_retrieval_grid(os.path.join(config.workdir, "retrieval.png"), emb, data.test_labels,
+                        emb, data.test_labels, image, image, same_set=True)
     say(f"checkpoints, metrics.jsonl, TensorBoard events and curves.png in "
         f"{os.path.abspath(config.workdir)}")
   return {"metrics": rows, "train_seconds": result.seconds,

@@ -150,7 +150,7 @@ def make_train_step(model: nn.Module, objective, tx: optax.GradientTransformatio
     new = TrainState(keep(params, state.params), keep(new_model_state, state.model_state),
                      keep(opt_state, state.opt_state), state.step + ok.astype(jnp.int32),
                      jnp.where(ok, key, state.key), bad_step)
-    return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   def call(state, batch):
     if steps_per_call == 1:

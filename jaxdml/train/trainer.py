@@ -18,7 +18,6 @@ written after it, so the newest checkpoint is the last good state.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from typing import Any, Callable
@@ -147,7 +146,7 @@ def train(*, model: nn.Module, objective, tx: optax.GradientTransformation, batc
     raise ValueError(f"checkpoint step {start} is not a multiple of {k} steps per call.")
   losses, evals, call_times = [], [], []
   pending: list[Any] = []  # device loss arrays not yet read back
-  log_every = max(k, int(math.ceil(log_every / k)) * k)
+  log_every = max(k, (log_every // k) * k)
   step = start
   t0 = time.perf_counter()
   eval_seconds = 0.0
