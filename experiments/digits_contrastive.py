@@ -9,4 +9,5 @@ from jaxdml.train import TrainConfig
 
 
 def get_config() -> TrainConfig:
-  return TrainConfig(name="digits_contrastive", loss="contrastive", loss_kwargs={"pos_margin": 0.0, "neg_margin": 1.0})
+  return TrainConfig(name="digits_contrastive", loss="contrastive",
+                     loss_kwargs={"pos_margin": 0.0, "neg_margin": 1.0})

@@ -1,5 +1,26 @@
-"""Flax networks. Modules hold only networks; losses and state live elsewhere."""
+"""Flax networks. Modules hold only networks; losses and state live elsewhere.
+
+Backbones return their last feature map ([B, h, w, C], or tokens [B, 1 + N, D] for ViTs);
+`EmbeddingModel` adds pooling and the embedding head. Weight files of torchvision / timm /
+Hugging Face models are imported with the `*_variables_from_*` / `load_*` functions.
+"""
 
 from jaxdml.models.cnn import SmallCNN, conv2d_same
+from jaxdml.models.heads import EmbeddingHead, EmbeddingModel, GeM, l2_normalize, pool
+from jaxdml.models.registry import BACKBONES, backbone_from_name, with_backbone_weights
+from jaxdml.models.resnet import (
+                                  ResNet,
+                                  load_resnet,
+                                  resnet,
+                                  resnet18,
+                                  resnet34,
+                                  resnet50,
+                                  resnet101,
+                                  resnet_variables_from_torch,
+)
+from jaxdml.models.weights import load_state_dict
 
-__all__ = ["SmallCNN", "conv2d_same"]
+__all__ = ["SmallCNN", "conv2d_same", "GeM", "EmbeddingHead", "EmbeddingModel", "l2_normalize",
+           "pool", "BACKBONES", "backbone_from_name", "with_backbone_weights", "ResNet",
+           "load_resnet", "resnet", "resnet18", "resnet34", "resnet50", "resnet101",
+           "resnet_variables_from_torch", "load_state_dict"]

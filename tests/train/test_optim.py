@@ -4,7 +4,13 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdml.train.optim import OptimizerSpec, frozen_for, make_optimizer, make_schedule, param_labels
+from jaxdml.train.optim import (
+  OptimizerSpec,
+  frozen_for,
+  make_optimizer,
+  make_schedule,
+  param_labels,
+)
 
 
 def params():

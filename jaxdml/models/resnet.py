@@ -1,0 +1,345 @@
+"""ResNet backbones (He et al., CVPR 2016) returning the last feature map, and torchvision import.
+
+The layout is torchvision's ("v1.5"): the stem is a 7x7 stride-2 convolution (padding 3), batch
+norm, ReLU and a 3x3 stride-2 max-pool (padding 1, padded with -inf); a bottleneck block strides
+on its 3x3 convolution; a projection shortcut (1x1 convolution + batch norm) is used where the
+stride or the channel count changes. Inputs are NHWC [B, H, W, 3]; `ResNet.__call__` returns the
+last feature map [B, H/32, W/32, C] (C = 512 for ResNet-18/34, 2048 for ResNet-50/101), without
+pooling or classifier, so that a pooling head or feature-level mixing can act on it.
+
+Variables are `{"params", "batch_stats"}`; the names mirror torchvision's state-dict keys with "_"
+for "." (`layer1_0/downsample_0/kernel` <-> `layer1.0.downsample.0.weight`), which is what
+`resnet_variables_from_torch` relies on.
+
+Batch norm follows PyTorch exactly: normalisation by the biased batch variance in training, running
+averages updated with momentum 0.9 in the Flax convention (0.1 in PyTorch's) from the unbiased
+batch variance, eps 1e-5. With `frozen_bn=True` (the convention of Proxy-Anchor / multi-similarity
+training recipes), batch norm always uses the running statistics, never updates them, and its
+scale and bias receive no gradient.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jaxdml.models import weights
+
+Array = jax.Array
+
+# torchvision's initialisation of convolutions: kaiming-normal, fan_out, ReLU gain.
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+STAGE_SIZES: dict[int, tuple[tuple[int, ...], str]] = {
+    18: ((2, 2, 2, 2), "basic"),
+    34: ((3, 4, 6, 3), "basic"),
+    50: ((3, 4, 6, 3), "bottleneck"),
+    101: ((3, 4, 23, 3), "bottleneck"),
+    152: ((3, 8, 36, 3), "bottleneck"),
+}
+
+
+class BatchNorm(nn.Module):
+  """Batch norm over the last axis with PyTorch's semantics (see the module docstring).
+
+  Statistics are computed in float32 whatever `dtype`; the affine map is applied in `dtype`.
+
+  Attributes:
+    frozen: always use (and never update) the running statistics; no gradient to scale/bias.
+    momentum: running average decay, Flax convention (new = momentum * old + (1 - m) * batch).
+    epsilon: added to the variance.
+    dtype: the output dtype.
+    axis_name: a mapped axis over which batch statistics are averaged (synchronised batch norm).
+    scale_init: initialiser of the scale (ones; zeros for the last norm of a residual branch).
+  """
+
+  frozen: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+  scale_init: Any = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    """[..., C] -> [..., C] in `dtype`."""
+    c = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    if self.frozen:
+      scale, bias = jax.lax.stop_gradient(scale), jax.lax.stop_gradient(bias)
+    if train and not self.frozen:
+      xf = x.astype(jnp.float32)
+      axes = tuple(range(x.ndim - 1))
+      n = x.size // c
+      mean = jnp.mean(xf, axes)
+      if self.axis_name is not None:
+        mean = jax.lax.pmean(mean, self.axis_name)
+        n = n * jax.lax.psum(1, self.axis_name)
+      var = jnp.mean(jnp.square(xf - mean), axes)  # two-pass: no cancellation
+      if self.axis_name is not None:
+        var = jax.lax.pmean(var, self.axis_name)
+      if not self.is_initializing():
+        unbiased = var * (n / jnp.maximum(n - 1, 1))  # PyTorch keeps the unbiased variance
+        ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    mul = scale * jax.lax.rsqrt(var + self.epsilon)
+    add = bias - mean * mul
+    return x.astype(self.dtype) * mul.astype(self.dtype) + add.astype(self.dtype)
+
+
+def _conv(features: int, k: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+  """k x k convolution without bias and with PyTorch's padding k // 2."""
+  p = k // 2
+  return nn.Conv(features, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
+                 use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=_conv_init,
+                 name=name)
+
+
+class _Block(nn.Module):
+  """Shared fields of the residual blocks."""
+
+  planes: int
+  stride: int = 1
+  frozen_bn: bool = False
+  zero_init_residual: bool = False
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  def _norm(self, name: str, last: bool = False) -> BatchNorm:
+    zero = last and self.zero_init_residual
+    return BatchNorm(frozen=self.frozen_bn, dtype=self.dtype, axis_name=self.axis_name,
+                     scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
+                     name=name)
+
+  def _shortcut(self, x: Array, out: int, train: bool) -> Array:
+    if self.stride == 1 and x.shape[-1] == out:
+      return x
+    x = _conv(out, 1, self.stride, self.dtype, "downsample_0")(x)
+    return self._norm("downsample_1")(x, train=train)
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convolutions (the first with the stride) and an identity / projection shortcut."""
+
+  expansion: ClassVar[int] = 1
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    """[B, H, W, C] -> [B, H/stride, W/stride, planes]."""
+    y = _conv(self.planes, 3, self.stride, self.dtype, "conv1")(x)
+    y = nn.relu(self._norm("bn1")(y, train=train))
+    y = _conv(self.planes, 3, 1, self.dtype, "conv2")(y)
+    y = self._norm("bn2", last=True)(y, train=train)
+    return nn.relu(y + self._shortcut(x, self.planes, train))
+
+
+class Bottleneck(_Block):
+  """1x1 (planes) - 3x3 (planes, with the stride) - 1x1 (4 * planes) and a shortcut."""
+
+  expansion: ClassVar[int] = 4
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    """[B, H, W, C] -> [B, H/stride, W/stride, 4 * planes]."""
+    out = self.planes * self.expansion
+    y = _conv(self.planes, 1, 1, self.dtype, "conv1")(x)
+    y = nn.relu(self._norm("bn1")(y, train=train))
+    y = _conv(self.planes, 3, self.stride, self.dtype, "conv2")(y)
+    y = nn.relu(self._norm("bn2")(y, train=train))
+    y = _conv(out, 1, 1, self.dtype, "conv3")(y)
+    y = self._norm("bn3", last=True)(y, train=train)
+    return nn.relu(y + self._shortcut(x, out, train))
+
+
+_BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+def max_pool_3x3_s2(x: Array) -> Array:
+  """3x3 stride-2 max-pool with padding 1 filled with -inf (PyTorch's `MaxPool2d(3, 2, 1)`)."""
+  # A concrete -inf init lets JAX use its differentiable max-pool primitive.
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                               ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+class ResNet(nn.Module):
+  """A ResNet trunk: stem, then stages of residual blocks; returns the last feature map.
+
+  Attributes:
+    stage_sizes: blocks per stage, e.g. (3, 4, 6, 3); stage i > 0 starts with stride 2.
+    block: "basic" (ResNet-18/34) or "bottleneck" (ResNet-50/101/152).
+    width: channels of the stem and planes of the first stage (doubled per stage); 64 in
+      torchvision.
+    frozen_bn: batch norm always uses running statistics and its scale/bias get no gradient.
+    zero_init_residual: initialise the last batch-norm scale of every block to zero.
+    dtype: computation dtype (e.g. jnp.bfloat16); parameters and batch statistics stay float32.
+    axis_name: mapped axis for synchronised batch statistics (None: per device).
+  """
+
+  stage_sizes: tuple[int, ...] = (3, 4, 6, 3)
+  block: str = "bottleneck"
+  width: int = 64
+  frozen_bn: bool = False
+  zero_init_residual: bool = False
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @property
+  def out_features(self) -> int:
+    """Channels of the returned feature map."""
+    block = _BLOCKS[self.block]
+    return self.width * 2 ** (len(self.stage_sizes) - 1) * block.expansion
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    """Feature map of images.
+
+    Args:
+      x: [B, H, W, 3] float images (NHWC).
+      train: use batch statistics in batch norm and update the running averages (needs
+        `mutable=["batch_stats"]` in `apply`); ignored for batch norm when `frozen_bn`.
+
+    Returns:
+      [B, ceil(H/32), ceil(W/32), out_features] in `dtype` (after the last block's ReLU).
+    """
+    if self.block not in _BLOCKS:
+      raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {self.block!r}.")
+    if x.ndim != 4:
+      raise ValueError(f"expected NHWC images [B, H, W, C], got shape {x.shape}.")
+    block = _BLOCKS[self.block]
+    x = _conv(self.width, 7, 2, self.dtype, "conv1")(x.astype(self.dtype))
+    x = BatchNorm(frozen=self.frozen_bn, dtype=self.dtype, axis_name=self.axis_name,
+                  name="bn1")(x, train=train)
+    x = max_pool_3x3_s2(nn.relu(x))
+    for i, n in enumerate(self.stage_sizes):
+      for j in range(n):
+        x = block(planes=self.width * 2 ** i, stride=2 if i > 0 and j == 0 else 1,
+                  frozen_bn=self.frozen_bn, zero_init_residual=self.zero_init_residual,
+                  dtype=self.dtype, axis_name=self.axis_name, name=f"layer{i + 1}_{j}"
+                  )(x, train=train)
+    return x
+
+
+def resnet(depth: int, **kwargs: Any) -> ResNet:
+  """The ResNet of a given depth (18, 34, 50, 101, 152); kwargs go to `ResNet`."""
+  if depth not in STAGE_SIZES:
+    raise ValueError(f"depth must be one of {sorted(STAGE_SIZES)}, got {depth!r}.")
+  stages, block = STAGE_SIZES[depth]
+  return ResNet(stage_sizes=stages, block=block, **kwargs)
+
+
+def resnet18(**kwargs: Any) -> ResNet:
+  """ResNet-18 (basic blocks 2-2-2-2; 512-channel feature map)."""
+  return resnet(18, **kwargs)
+
+
+def resnet34(**kwargs: Any) -> ResNet:
+  """ResNet-34 (basic blocks 3-4-6-3; 512-channel feature map)."""
+  return resnet(34, **kwargs)
+
+
+def resnet50(**kwargs: Any) -> ResNet:
+  """ResNet-50 (bottleneck blocks 3-4-6-3; 2048-channel feature map)."""
+  return resnet(50, **kwargs)
+
+
+def resnet101(**kwargs: Any) -> ResNet:
+  """ResNet-101 (bottleneck blocks 3-4-23-3; 2048-channel feature map)."""
+  return resnet(101, **kwargs)
+
+
+# ------------------------------------------------------------------------------- torchvision import
+
+_LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+                  "var": "running_var"}
+
+
+def _torch_key(path: tuple[str, ...]) -> str:
+  """("layer1_0", "downsample_0", "kernel") -> "layer1.0.downsample.0.weight"."""
+  return ".".join([p.replace("_", ".") for p in path[:-1]] + [_LEAF_TO_TORCH[path[-1]]])
+
+
+def _ignored(key: str) -> bool:
+  return key.startswith("fc.") or key.endswith("num_batches_tracked")
+
+
+def resnet_variables_from_torch(state_dict: Mapping[str, Any], depth_or_model: int | ResNet,
+                                *, strict: bool = True) -> dict[str, Any]:
+  """Flax variables of a ResNet from a torchvision-style ResNet state dict.
+
+  Convolution weights are transposed from OIHW to HWIO; batch-norm weight / bias / running_mean /
+  running_var become scale / bias / mean / var. `fc.*` and `num_batches_tracked` are skipped.
+
+  Args:
+    state_dict: `{name: array}` with torchvision's names (numpy arrays or CPU tensors), e.g. from
+      `weights.load_state_dict` or `torchvision.models.resnet50(...).state_dict()`.
+    depth_or_model: 18/34/50/101/152 or the `ResNet` whose variables to build (any config).
+    strict: raise on names that the model does not use (other than `fc.*` and
+      `num_batches_tracked`), e.g. a deeper network's extra blocks.
+
+  Returns:
+    `{"params": ..., "batch_stats": ...}` with float32 leaves and exactly the structure of
+    `model.init(...)`.
+
+  Raises:
+    KeyError: a weight the model needs is missing, or (strict) a name is unused.
+    ValueError: a weight has the wrong shape.
+  """
+  model = resnet(depth_or_model) if isinstance(depth_or_model, int) else depth_or_model
+  if not isinstance(model, ResNet):
+    raise TypeError(f"depth_or_model must be an int or a ResNet, got {type(model).__name__}.")
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
+                                             train=False))
+  sd = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else v for k, v in state_dict.items()}
+  flat, used = {}, set()
+  for path, leaf in traverse_util.flatten_dict(shapes).items():
+    collection, mod_path = path[0], path[1:]
+    key = _torch_key(mod_path)
+    if mod_path[-1] == "kernel":  # HWIO in Flax, OIHW in PyTorch
+      h, w, i, o = leaf.shape
+      value = weights.take(sd, key, (o, i, h, w)).transpose(2, 3, 1, 0)
+    else:
+      value = weights.take(sd, key, leaf.shape)
+    flat[(collection, *mod_path)] = jnp.array(np.array(value, np.float32))  # no aliasing
+    used.add(key)
+  unused = sorted(k for k in sd if k not in used and not _ignored(k))
+  if strict and unused:
+    raise KeyError(f"{len(unused)} weight(s) in the state dict are not used by the model "
+                   f"(wrong depth or prefix? pass strict=False to ignore): {unused[:8]}")
+  return traverse_util.unflatten_dict(flat)
+
+
+def load_resnet(path: str | os.PathLike, depth: int | ResNet = 50, *,
+                strip_prefix: str | None = None, strict: bool = True, **model_kwargs: Any
+                ) -> tuple[ResNet, dict[str, Any]]:
+  """A ResNet and its variables from a torchvision-style weight file.
+
+  Args:
+    path: `.pth` / `.pt` / `.bin` (needs torch), `.safetensors` or `.npz`, keyed like torchvision.
+    depth: 18/34/50/101/152, or a `ResNet` to load into (then no `model_kwargs`).
+    strip_prefix: removed from the start of names (e.g. "module.", "model.").
+    strict: see `resnet_variables_from_torch`.
+    **model_kwargs: further `ResNet` fields (frozen_bn, dtype, ...).
+
+  Returns:
+    (model, {"params": ..., "batch_stats": ...}).
+  """
+  if isinstance(depth, ResNet):
+    if model_kwargs:
+      raise ValueError("model_kwargs are only for a depth, not with a ResNet instance.")
+    model = depth
+  else:
+    model = resnet(depth, **model_kwargs)
+  sd = weights.load_state_dict(path, strip_prefix=strip_prefix)
+  return model, resnet_variables_from_torch(sd, model, strict=strict)
