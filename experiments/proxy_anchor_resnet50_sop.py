@@ -1,0 +1,71 @@
+"""Proxy-Anchor, ResNet-50, 512-d, Stanford Online Products: derived from the authors' recipes.
+
+    jaxdml train --config experiments/proxy_anchor_resnet50_sop.py \
+        --data-dir ~/tensorflow_datasets --pretrained resnet50-0676ba61.pth
+
+Weights: torchvision's ImageNet ResNet-50, `ResNet50_Weights.IMAGENET1K_V1`
+(`resnet50-0676ba61.pth`; the official code calls torchvision's `resnet50(pretrained=True)`).
+
+Not an official recipe: the README of github.com/tjddus9597/Proxy-Anchor-CVPR2020 gives a
+Stanford Online Products command for Inception-BN only. This config takes that command
+(`--lr 6e-4 --warm 1 --bn-freeze 0 --lr-decay-step 20 --lr-decay-gamma 0.25`) and the batch size
+of the README's ResNet-50 commands (`--batch-size 120`, against 180 for Inception-BN). Everything
+else is code/train.py's defaults, as in the official commands: 60 epochs, AdamW with weight decay
+1e-4 on every parameter group (the proxies' group included), proxies at 100x the learning rate,
+StepLR per epoch, gradients clipped by value at 10, alpha 32, margin 0.1, embedding layer and
+proxies alone during the `--warm` epochs; code/net/resnet.py (Resnet50): global average + global
+max pooling (summed), a linear 512-d embedding, L2-normalised; `--bn-freeze 0` leaves BatchNorm in
+training mode; code/dataset/utils.py: random resized crop 224 and flip, resize 256 + centre crop
+224 for testing, ImageNet mean / std. The warm-up stays at 1 epoch (the SOP command's; the ResNet-50
+commands on the small datasets use 5, but one SOP epoch is already ~500 steps).
+
+Target: none quoted; the README has no number for this setting.
+
+Deviations (besides the recipe being derived):
+  - Batches: the official loader draws images uniformly at random (no `--IPC`); ours draws
+    P classes x M images. A random batch of 120 from 11,318 products of about 5 images each almost
+    never holds two images of one product, so this config uses 120 x 1 (Proxy-Anchor needs no
+    positive pair in the batch).
+  - Epoch length: ceil(59551 / 120) = 497 steps (496 with the official loader, which drops the
+    last partial batch); within an epoch every product is drawn about 5 times, each time a random
+    image of it.
+  - Evaluation every 5 epochs (60,502 test images a pass); the official code evaluates every epoch.
+"""
+
+from jaxdml.train import TrainConfig
+
+
+def get_config() -> TrainConfig:
+  return TrainConfig(
+      name="proxy_anchor_resnet50_sop",
+      dataset="sop",
+      image_size=224,
+      resize_size=256,
+      num_workers=8,
+      # batch 120, as the README's ResNet-50 commands (random batches there; see Deviations)
+      classes_per_batch=120,
+      per_class=1,
+      epochs=60,
+      model="resnet50",
+      pretrained=None,  # --pretrained resnet50-0676ba61.pth
+      embedding_dim=512,
+      pooling="avg+max",
+      frozen_bn=False,  # --bn-freeze 0
+      loss="proxy_anchor",
+      loss_kwargs={"margin": 0.1, "alpha": 32.0},
+      optimizer="adamw",
+      learning_rate=6e-4,
+      weight_decay=1e-4,
+      backbone_lr_mult=1.0,
+      head_lr_mult=1.0,
+      loss_lr_mult=100.0,
+      loss_weight_decay=None,  # the proxies decay like the rest (1e-4)
+      schedule="step",
+      lr_decay_epochs=(20, 40),  # --lr-decay-step 20
+      lr_decay_rate=0.25,  # --lr-decay-gamma 0.25
+      freeze_backbone_epochs=1,  # --warm 1
+      clip_value=10.0,
+      eval_every_epochs=5,
+      checkpoint_every_epochs=5,
+      recall_ks=(1, 10, 100, 1000),
+  )
