@@ -5,22 +5,41 @@ Backbones return their last feature map ([B, h, w, C], or tokens [B, 1 + N, D] f
 Hugging Face models are imported with the `*_variables_from_*` / `load_*` functions.
 """
 
+from jaxdml.models.bn_inception import (
+                                        BNInception,
+                                        bn_inception,
+                                        bn_inception_preprocess,
+                                        bn_inception_variables_from_torch,
+                                        load_bn_inception,
+)
 from jaxdml.models.cnn import SmallCNN, conv2d_same
 from jaxdml.models.heads import EmbeddingHead, EmbeddingModel, GeM, l2_normalize, pool
 from jaxdml.models.registry import BACKBONES, backbone_from_name, with_backbone_weights
 from jaxdml.models.resnet import (
-                                  ResNet,
-                                  load_resnet,
-                                  resnet,
-                                  resnet18,
-                                  resnet34,
-                                  resnet50,
-                                  resnet101,
-                                  resnet_variables_from_torch,
+                                        ResNet,
+                                        load_resnet,
+                                        resnet,
+                                        resnet18,
+                                        resnet34,
+                                        resnet50,
+                                        resnet101,
+                                        resnet_variables_from_torch,
+)
+from jaxdml.models.vit import (
+                                        VisionTransformer,
+                                        deit_small_patch16,
+                                        load_vit,
+                                        resample_pos_embed,
+                                        vit_small_patch16,
+                                        vit_variables_from_hf,
+                                        vit_variables_from_timm,
 )
 from jaxdml.models.weights import load_state_dict
 
 __all__ = ["SmallCNN", "conv2d_same", "GeM", "EmbeddingHead", "EmbeddingModel", "l2_normalize",
            "pool", "BACKBONES", "backbone_from_name", "with_backbone_weights", "ResNet",
            "load_resnet", "resnet", "resnet18", "resnet34", "resnet50", "resnet101",
-           "resnet_variables_from_torch", "load_state_dict"]
+           "resnet_variables_from_torch", "load_state_dict", "BNInception", "bn_inception",
+           "bn_inception_preprocess", "bn_inception_variables_from_torch", "load_bn_inception",
+           "VisionTransformer", "deit_small_patch16", "load_vit", "resample_pos_embed",
+           "vit_small_patch16", "vit_variables_from_hf", "vit_variables_from_timm"]

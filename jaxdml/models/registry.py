@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Callable
 
@@ -10,27 +11,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdml.models import resnet as _resnet
 from jaxdml.models.weights import load_state_dict
+
+
+def _module(name: str):
+  # the package re-exports functions named like some modules (resnet, bn_inception)
+  return importlib.import_module(f"jaxdml.models.{name}")
 
 Loader = Callable[[str | os.PathLike], dict]
 
 
 def _resnet_entry(depth: int, frozen_bn: bool, dtype) -> tuple[nn.Module, Loader]:
-  model = _resnet.resnet(depth, frozen_bn=frozen_bn, dtype=dtype)
+  resnet = _module("resnet")
+  model = resnet.resnet(depth, frozen_bn=frozen_bn, dtype=dtype)
   # strict=False: DML checkpoints often carry an embedding layer or other heads besides fc
-  return model, lambda path: _resnet.resnet_variables_from_torch(load_state_dict(path), model,
-                                                                 strict=False)
+  return model, lambda path: resnet.resnet_variables_from_torch(load_state_dict(path), model,
+                                                                strict=False)
 
 
 def _bn_inception_entry(frozen_bn: bool, dtype) -> tuple[nn.Module, Loader]:
-  from jaxdml.models import bn_inception as _bni  # noqa: PLC0415
+  _bni = _module("bn_inception")
   model = _bni.bn_inception(frozen_bn=frozen_bn, dtype=dtype)
   return model, lambda path: _bni.bn_inception_variables_from_torch(load_state_dict(path))
 
 
 def _vit_entry(name: str, dtype) -> tuple[nn.Module, Loader]:
-  from jaxdml.models import vit as _vit  # noqa: PLC0415
+  _vit = _module("vit")
   model = getattr(_vit, name)(dtype=dtype)
 
   def load(path):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxdml.train.config import TrainConfig
 from jaxdml.train.objectives import Objective, make_objective
-from jaxdml.train.optim import OptimizerSpec, make_optimizer
+from jaxdml.train.optim import FROZEN_BN_PATTERNS, OptimizerSpec, make_optimizer
 from jaxdml.train.step import make_mesh
 
 
@@ -31,7 +31,8 @@ def optimizer_spec(config: TrainConfig, steps_per_epoch: int) -> OptimizerSpec:
       decay_steps=tuple(int(e) * steps_per_epoch for e in config.lr_decay_epochs),
       decay_rate=config.lr_decay_rate,
       freeze_backbone_steps=config.freeze_backbone_epochs * steps_per_epoch,
-      clip_norm=config.clip_norm, clip_value=config.clip_value)
+      clip_norm=config.clip_norm, clip_value=config.clip_value,
+      frozen_patterns=FROZEN_BN_PATTERNS if config.frozen_bn else ())
 
 
 def build_optimizer(config: TrainConfig, steps_per_epoch: int):
@@ -66,7 +67,8 @@ def build_model(config: TrainConfig):
   from jaxdml import models  # noqa: PLC0415
   backbone, load = models.backbone_from_name(config.model, frozen_bn=config.frozen_bn,
                                              dtype=dtype)
-  model = models.EmbeddingModel(backbone=backbone, pooling=config.pooling,
+  pooling = config.pooling or ("cls" if "patch16" in config.model else "avg")
+  model = models.EmbeddingModel(backbone=backbone, pooling=pooling,
                                 embedding_dim=config.embedding_dim, layer_norm=config.layer_norm,
                                 normalize=config.normalize_embeddings)
 

@@ -49,7 +49,8 @@ class TrainConfig:
   model: str = "small_cnn"
   pretrained: str | None = None  # weight file (.pth / .safetensors / .npz) for the backbone
   embedding_dim: int = 128
-  pooling: str = "avg"  # avg, max, avg+max, gem (CNNs); cls, tokens_avg (ViT)
+  pooling: str | None = None  # avg, max, avg+max, gem (CNNs); cls, tokens_avg (ViT); None:
+  # avg for CNNs, cls for ViTs
   frozen_bn: bool = False
   layer_norm: bool = False
   normalize_embeddings: bool = True

@@ -5,7 +5,10 @@ Parameters are grouped by where they live in the train state's `params` pytree:
   - "head": every other model parameter (embedding layer, GeM's p, a small network's layers);
   - "loss": loss parameters (proxies, learnable margins).
 Each group runs the same optimiser kind with its own learning rate (a multiple of the base rate,
-as in Proxy-Anchor's recipe: proxies at 100x) and its own weight decay. The backbone group can be
+as in Proxy-Anchor's recipe: proxies at 100x) and its own weight decay. Parameters whose path
+matches one of `frozen_patterns` (e.g. the scale/bias of frozen batch norm) form a fourth group,
+"frozen", that is never updated: no gradient step and no weight decay (a coupled L2 penalty
+would otherwise move them under Adam). The backbone group can be
 frozen for the first steps (Proxy-Anchor's warm-up epochs train only the head and the proxies):
 frozen means no update *and* no optimiser-state change, as with `requires_grad=False`.
 """
@@ -13,6 +16,8 @@ frozen means no update *and* no optimiser-state change, as with `requires_grad=F
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -20,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 GROUPS = ("backbone", "head", "loss")
+FROZEN_BN_PATTERNS = (r"(^|/)(bn\d*|\w+_bn|downsample_1)/(scale|bias)$",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +48,8 @@ class OptimizerSpec:
     freeze_backbone_steps: the backbone group is frozen for this many steps.
     clip_norm: clip the global gradient norm to this value (None: no clipping).
     clip_value: clip each gradient element to [-v, v] (None: no clipping).
+    frozen_patterns: regular expressions (searched in the "/"-joined parameter path, e.g.
+      "model/backbone/layer1_0/bn1/scale") of parameters that are never updated.
   """
 
   optimizer: str = "adamw"
@@ -58,6 +66,7 @@ class OptimizerSpec:
   freeze_backbone_steps: int = 0
   clip_norm: float | None = None
   clip_value: float | None = None
+  frozen_patterns: tuple[str, ...] = ()
 
   def validate(self) -> None:
     if self.optimizer not in ("adamw", "adam", "sgd", "rmsprop"):
@@ -134,11 +143,14 @@ def frozen_for(inner: optax.GradientTransformation, steps: int) -> optax.Gradien
   return optax.GradientTransformation(init, update)
 
 
-def param_labels(params: Any) -> Any:
+def param_labels(params: Any, frozen_patterns: tuple[str, ...] = ()) -> Any:
   """Group label of every leaf of `{"model": ..., "loss": ...}` (see the module docstring)."""
+  frozen = [re.compile(p) for p in frozen_patterns]
 
   def label(path, _):
-    keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    if any(f.search("/".join(keys)) for f in frozen):
+      return "frozen"
     if keys and keys[0] == "loss":
       return "loss"
     return "backbone" if "backbone" in keys else "head"
@@ -154,10 +166,12 @@ def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
         "loss": spec.weight_decay if spec.loss_weight_decay is None else spec.loss_weight_decay}
   transforms = {g: _base(spec, make_schedule(spec, mult[g]), wd[g]) for g in GROUPS}
   transforms["backbone"] = frozen_for(transforms["backbone"], spec.freeze_backbone_steps)
+  transforms["frozen"] = optax.set_to_zero()
   chain = []
   if spec.clip_value is not None:
     chain.append(optax.clip(spec.clip_value))
   if spec.clip_norm is not None:
     chain.append(optax.clip_by_global_norm(spec.clip_norm))
-  chain.append(optax.partition(transforms, param_labels))
+  chain.append(optax.partition(
+      transforms, functools.partial(param_labels, frozen_patterns=spec.frozen_patterns)))
   return optax.chain(*chain)

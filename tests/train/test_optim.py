@@ -5,6 +5,7 @@ import optax
 import pytest
 
 from jaxdml.train.optim import (
+  FROZEN_BN_PATTERNS,
   OptimizerSpec,
   frozen_for,
   make_optimizer,
@@ -113,3 +114,23 @@ def test_clipping():
 def test_spec_errors(kw, match):
   with pytest.raises(ValueError, match=match):
     make_optimizer(OptimizerSpec(**kw))
+
+
+def test_frozen_patterns_never_move():
+  p = {"model": {"backbone": {"layer1_0": {"bn1": {"scale": jnp.ones(2), "bias": jnp.zeros(2)},
+                                           "conv1": {"kernel": jnp.ones(2)}},
+                              "inception_3a_1x1_bn": {"scale": jnp.ones(2)},
+                              "layer2_0": {"downsample_1": {"bias": jnp.zeros(2)}}}},
+       "loss": {}}
+  spec = OptimizerSpec(optimizer="adam", learning_rate=0.1, weight_decay=0.5,
+                       frozen_patterns=FROZEN_BN_PATTERNS)
+  labels = param_labels(p, FROZEN_BN_PATTERNS)
+  assert labels["model"]["backbone"]["layer1_0"]["bn1"] == {"scale": "frozen", "bias": "frozen"}
+  assert labels["model"]["backbone"]["inception_3a_1x1_bn"]["scale"] == "frozen"
+  assert labels["model"]["backbone"]["layer2_0"]["downsample_1"]["bias"] == "frozen"
+  assert labels["model"]["backbone"]["layer1_0"]["conv1"]["kernel"] == "backbone"
+  tx = make_optimizer(spec)
+  state = tx.init(p)
+  u, _ = tx.update(jax.tree.map(jnp.zeros_like, p), state, p)  # weight decay alone
+  assert float(jnp.abs(u["model"]["backbone"]["layer1_0"]["bn1"]["scale"]).max()) == 0.0
+  assert float(jnp.abs(u["model"]["backbone"]["layer1_0"]["conv1"]["kernel"]).max()) > 0.0
