@@ -195,3 +195,27 @@ def test_init_dtypes_and_zero_init_residual():
   k = v["params"]["layer1_0"]["conv1"]["kernel"]
   assert k.shape == (3, 3, 8, 8)
   assert 0.6 < float(jnp.std(k)) / np.sqrt(2 / 72) < 1.4
+
+
+def test_conv_impls_agree_in_values_and_gradients():
+  """The CPU matmul forms (1x1 products, 3x3 im2col, sliced max-pool) equal XLA's convolutions."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 35, 33, 3)), jnp.float32)  # odd sizes
+  key = jax.random.key(0, impl="rbg")
+  models = {impl: ResNet(stage_sizes=(1, 1, 1, 1), block="basic", conv_impl=impl) for impl in
+            ("xla", "matmul")}
+  variables = models["xla"].init(key, x, train=False)
+
+  def loss(params, impl):
+    y, _ = models[impl].apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                              train=True, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y))
+
+  results = {impl: jax.jit(jax.value_and_grad(loss), static_argnums=1)(variables["params"], impl)
+             for impl in models}
+  np.testing.assert_allclose(results["xla"][0], results["matmul"][0], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(results["xla"][1]), jax.tree.leaves(results["matmul"][1]),
+                  strict=True):  # float32 sums in another order: relative to each leaf's scale
+    scale = float(np.max(np.abs(np.asarray(a)))) + 1e-6
+    np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)
+  with pytest.raises(ValueError, match="conv_impl"):
+    resnet(18, conv_impl="fft").init(key, x, train=False)
