@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
@@ -30,8 +31,17 @@ class Embedder:
     self._fn = make_embed_fn(model, mesh)
 
   def __call__(self, params: Any, model_state: Any, images: np.ndarray) -> np.ndarray:
-    """Embeddings of one host batch (its size a multiple of the device count)."""
-    batch = put_batch({"image": np.asarray(images)}, self.mesh)
+    """Embeddings of one batch (its size a multiple of the device count).
+
+    Every process passes the same whole batch; with several processes each contributes its
+    contiguous share as its local part of the global array, and all get every embedding back.
+    """
+    images = np.asarray(images)
+    count = jax.process_count()
+    if count > 1:
+      share = len(images) // count
+      images = images[jax.process_index() * share:(jax.process_index() + 1) * share]
+    batch = put_batch({"image": images}, self.mesh)
     return np.asarray(self._fn(params, model_state, batch["image"]))
 
   def arrays(self, params: Any, model_state: Any, images: np.ndarray,

@@ -225,3 +225,28 @@ def test_config_override_and_validation():
                               ("checkpoint_every_epochs", 0, "checkpoint_every_epochs")]:
     with pytest.raises(ValueError, match=match):
       dataclasses.replace(TrainConfig(), **{field: value}).validate()
+
+
+def test_resume_restores_the_grain_pipeline_position(tmp_path):
+  """Through the real input pipeline: the loader's state travels with the checkpoint."""
+  from jaxdml.data import ArraySource, make_train_loader
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (24, 10, 10, 3)).astype(np.uint8)
+  labels = np.repeat(np.arange(6), 4)
+  obj = make_objective("multi_similarity", num_classes=6, dim=8)
+
+  def run(steps, workdir):
+    loader = make_train_loader(ArraySource(images, labels), classes_per_batch=3, per_class=2,
+                               image_size=8, seed=5)
+    return train(model=Plain(), objective=obj, tx=opt(), batches=loader, total_steps=steps,
+                 sample=np.zeros((2, 8, 8, 3), np.float32), seed=1, workdir=workdir,
+                 checkpoint_every=3, progress=False, tensorboard=False)
+
+  full = run(6, tmp_path / "full")
+  run(3, tmp_path / "split")
+  second = run(6, tmp_path / "split")
+  assert second.resumed_from == 3
+  np.testing.assert_allclose(second.losses, full.losses[3:], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(params_of(second)), jax.tree.leaves(params_of(full)),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
