@@ -84,6 +84,7 @@ class TrainConfig:
   keep_checkpoints: int = 3
   eval_every_epochs: int | None = None  # None: only at the end
   log_every: int = 50
+  tensorboard: bool = True  # also write TensorBoard event files (metrics.jsonl always)
   # --- evaluation
   recall_ks: tuple[int, ...] = (1, 2, 4, 8)
   eval_baselines: bool = True  # digit pairs: also raw pixels and the untrained network

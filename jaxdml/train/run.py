@@ -144,7 +144,8 @@ def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
                  keep_checkpoints=config.keep_checkpoints, eval_fn=eval_fn,
                  eval_every=builders.epochs_to_steps(config.eval_every_epochs, steps_per_epoch,
                                                      k),
-                 log_every=config.log_every, progress=progress, steps_per_epoch=steps_per_epoch)
+                 log_every=config.log_every, progress=progress, steps_per_epoch=steps_per_epoch,
+                 tensorboard=config.tensorboard)
   rows["trained"] = result.evals[-1][1]
   say("\nleave-one-out retrieval on the unseen test classes")
   say(format_table(rows))

@@ -126,6 +126,7 @@ def run_images(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
                  eval_every=builders.epochs_to_steps(config.eval_every_epochs, steps_per_epoch,
                                                      k),
                  log_every=config.log_every, progress=progress, steps_per_epoch=steps_per_epoch,
+                 tensorboard=config.tensorboard,
                  load_pretrained=load_pretrained)
   final = result.evals[-1][1]
   rows = {}

@@ -15,7 +15,8 @@ import numpy as np
 from jaxdml.train.checkpoint import Checkpointer
 
 ARGS = ["--no-progress", "--epochs", "3", "--embedding-dim", "32", "--set", "eval_baselines=false",
-        "--set", "checkpoint_every_epochs=1", "--set", "keep_checkpoints=10"]
+        "--set", "checkpoint_every_epochs=1", "--set", "keep_checkpoints=10", "--set",
+        "tensorboard=false"]
 
 
 def _cli(workdir, out):
@@ -30,7 +31,9 @@ def _final(workdir):
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # the three runs compile the same programs: share them through JAX's persistent cache
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
   subprocess.run(_cli(full_dir, tmp_path / "full.json"), env=env, check=True, timeout=600)
 
