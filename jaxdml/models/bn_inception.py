@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdml.models.layers import BatchNorm
 from jaxdml.models.weights import load_state_dict, take
 
 Array = jax.Array
@@ -122,49 +123,6 @@ def _torch_uniform(fan_in: int):
   return init
 
 
-class BatchNorm(nn.Module):
-  """BatchNorm over the last axis with PyTorch's semantics and an option to freeze it.
-
-  Parameters `scale`, `bias` (float32) and batch statistics `mean`, `var`. In training mode
-  (and not frozen) it normalises with the batch mean and biased variance and updates the running
-  averages with `momentum` and the unbiased variance (`batch_stats` must be mutable); otherwise it
-  uses the running averages. `frozen=True` always uses the running averages and stops the
-  gradient to `scale` and `bias` (PyTorch: BN modules in eval mode with `requires_grad=False`).
-  """
-
-  epsilon: float = 1e-5
-  momentum: float = 0.1
-  frozen: bool = False
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    """Normalises x [..., C]; returns the same shape in `dtype`."""
-    c = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
-    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-    if self.frozen:
-      scale, bias = jax.lax.stop_gradient(scale), jax.lax.stop_gradient(bias)
-    if train and not self.frozen:
-      xf = x.astype(jnp.float32)
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(xf, axes)
-      var = jnp.mean(jnp.square(xf - mean), axes)
-      if not self.is_initializing():
-        n = math.prod(x.shape[:-1])
-        unbiased = var * (n / max(n - 1, 1))
-        m = self.momentum
-        ra_mean.value = (1 - m) * ra_mean.value + m * jax.lax.stop_gradient(mean)
-        ra_var.value = (1 - m) * ra_var.value + m * jax.lax.stop_gradient(unbiased)
-    else:
-      mean, var = ra_mean.value, ra_var.value
-    mul = scale * jax.lax.rsqrt(var + self.epsilon)
-    add = bias - mean * mul
-    return x.astype(self.dtype) * mul.astype(self.dtype) + add.astype(self.dtype)
-
-
 class BNInception(nn.Module):
   """BN-Inception backbone; returns the last feature map (before global pooling).
 
@@ -196,8 +154,9 @@ class BNInception(nn.Module):
                 dtype=self.dtype, param_dtype=jnp.float32,
                 kernel_init=_torch_uniform(fan_in), bias_init=_torch_uniform(fan_in),
                 name=name)(x)
-    x = BatchNorm(self.bn_epsilon, self.bn_momentum, self.frozen_bn, self.dtype,
-                  name=f"{name}_bn")(x, train=train)
+    # bn_momentum is PyTorch's convention; BatchNorm takes Flax's (1 - it)
+    x = BatchNorm(frozen=self.frozen_bn, momentum=1.0 - self.bn_momentum,
+                  epsilon=self.bn_epsilon, dtype=self.dtype, name=f"{name}_bn")(x, train=train)
     return nn.relu(x)
 
   def _mixed(self, x: Array, block: str, *, train: bool) -> Array:
