@@ -42,40 +42,9 @@ Deviations (besides the recipe being derived):
     images; the official code evaluates every 200 iterations.
 """
 
-from jaxdml.train import TrainConfig
+from jaxdml.train import TrainConfig, recipes
 
 
 def get_config() -> TrainConfig:
-  return TrainConfig(
-      name="ms_bninception_inshop",
-      dataset="inshop",
-      image_size=227,
-      resize_size=256,
-      num_workers=8,
-      classes_per_batch=16,  # batch 80 of 5 images per class, as on CUB
-      per_class=5,
-      epochs=41,  # the CUB run's 3000 iterations, in epochs
-      model="bn_inception",
-      pretrained=None,  # --pretrained bn_inception-52deb4733.pth
-      embedding_dim=512,
-      pooling="max",
-      frozen_bn=True,
-      loss="multi_similarity",
-      loss_kwargs={"alpha": 2.0, "beta": 40.0, "base": 0.5},
-      miner="multi_similarity",
-      miner_kwargs={"epsilon": 0.1},
-      optimizer="adam",
-      learning_rate=3e-5,
-      weight_decay=5e-4,
-      backbone_lr_mult=1.0,
-      head_lr_mult=1.0,
-      schedule="step",
-      lr_decay_epochs=(16, 32),  # the CUB run's iterations 1200 and 2400, in epochs
-      lr_decay_rate=0.1,
-      warmup_epochs=0.0,
-      freeze_backbone_epochs=0,
-      clip_value=None,
-      eval_every_epochs=5,
-      checkpoint_every_epochs=5,
-      recall_ks=(1, 10, 20, 30, 40),
-  )
+  return recipes.multi_similarity("ms_bninception_inshop", "inshop", "bn_inception",
+      eval_every_epochs=5, checkpoint_every_epochs=5)

@@ -49,40 +49,8 @@ Deviations:
   - Evaluation every 3 epochs (222 steps) instead of every 200 iterations.
 """
 
-from jaxdml.train import TrainConfig
+from jaxdml.train import TrainConfig, recipes
 
 
 def get_config() -> TrainConfig:
-  return TrainConfig(
-      name="ms_resnet50_cub",
-      dataset="cub200",
-      image_size=227,
-      resize_size=256,
-      num_workers=8,
-      classes_per_batch=16,  # TRAIN_BATCHSIZE 80 / NUM_INSTANCES 5
-      per_class=5,
-      epochs=41,  # MAX_ITERS 3000
-      model="resnet50",
-      pretrained=None,  # --pretrained resnet50-0676ba61.pth
-      embedding_dim=512,
-      pooling="avg",
-      frozen_bn=True,
-      loss="multi_similarity",
-      loss_kwargs={"alpha": 2.0, "beta": 40.0, "base": 0.5},
-      miner="multi_similarity",
-      miner_kwargs={"epsilon": 0.1},
-      optimizer="adam",
-      learning_rate=3e-5,
-      weight_decay=5e-4,
-      backbone_lr_mult=1.0,
-      head_lr_mult=1.0,
-      schedule="step",
-      lr_decay_epochs=(16, 32),  # STEPS [1200, 2400]
-      lr_decay_rate=0.1,
-      warmup_epochs=0.0,
-      freeze_backbone_epochs=0,
-      clip_value=None,
-      eval_every_epochs=3,
-      checkpoint_every_epochs=10,
-      recall_ks=(1, 2, 4, 8),
-  )
+  return recipes.multi_similarity("ms_resnet50_cub", "cub200", "resnet50")

@@ -34,40 +34,10 @@ Deviations:
     for the whole run.
 """
 
-from jaxdml.train import TrainConfig
+from jaxdml.train import TrainConfig, recipes
 
 
 def get_config() -> TrainConfig:
-  return TrainConfig(
-      name="proxy_anchor_bninception_cub",
-      dataset="cub200",
-      image_size=224,
-      resize_size=256,
-      num_workers=8,
-      # --batch-size 180 (random batches in the official code; see Deviations)
-      classes_per_batch=90,
-      per_class=2,
-      epochs=60,
-      model="bn_inception",
-      pretrained=None,  # --pretrained bn_inception-52deb4733.pth
-      embedding_dim=512,
-      pooling="avg+max",
-      frozen_bn=True,  # --bn-freeze 1
-      loss="proxy_anchor",
-      loss_kwargs={"margin": 0.1, "alpha": 32.0},
-      optimizer="adamw",
-      learning_rate=1e-4,
-      weight_decay=1e-4,
-      backbone_lr_mult=1.0,
-      head_lr_mult=1.0,
-      loss_lr_mult=100.0,
-      loss_weight_decay=None,  # the proxies decay like the rest (1e-4)
-      schedule="step",
-      lr_decay_epochs=tuple(range(10, 60, 10)),  # --lr-decay-step 10
-      lr_decay_rate=0.5,
-      freeze_backbone_epochs=1,  # --warm 1
-      clip_value=10.0,
-      eval_every_epochs=1,
-      checkpoint_every_epochs=10,
-      recall_ks=(1, 2, 4, 8),
-  )
+  return recipes.proxy_anchor("proxy_anchor_bninception_cub", "cub200", "bn_inception",
+      classes_per_batch=90, per_class=2, learning_rate=0.0001, warm_epochs=1, frozen_bn=True,
+      decay_step=10)

@@ -37,40 +37,10 @@ Deviations:
     gallery images); use `--set eval_every_epochs=1` for the official protocol.
 """
 
-from jaxdml.train import TrainConfig
+from jaxdml.train import TrainConfig, recipes
 
 
 def get_config() -> TrainConfig:
-  return TrainConfig(
-      name="proxy_anchor_bninception_inshop",
-      dataset="inshop",
-      image_size=224,
-      resize_size=256,
-      num_workers=8,
-      # --batch-size 180 (random batches in the official code; see Deviations)
-      classes_per_batch=180,
-      per_class=1,
-      epochs=60,
-      model="bn_inception",
-      pretrained=None,  # --pretrained bn_inception-52deb4733.pth
-      embedding_dim=512,
-      pooling="avg+max",
-      frozen_bn=False,  # --bn-freeze 0
-      loss="proxy_anchor",
-      loss_kwargs={"margin": 0.1, "alpha": 32.0},
-      optimizer="adamw",
-      learning_rate=6e-4,
-      weight_decay=1e-4,
-      backbone_lr_mult=1.0,
-      head_lr_mult=1.0,
-      loss_lr_mult=100.0,
-      loss_weight_decay=None,  # the proxies decay like the rest (1e-4)
-      schedule="step",
-      lr_decay_epochs=(20, 40),  # --lr-decay-step 20
-      lr_decay_rate=0.25,  # --lr-decay-gamma 0.25
-      freeze_backbone_epochs=1,  # --warm 1
-      clip_value=10.0,
-      eval_every_epochs=5,
-      checkpoint_every_epochs=5,
-      recall_ks=(1, 10, 20, 30, 40),
-  )
+  return recipes.proxy_anchor("proxy_anchor_bninception_inshop", "inshop", "bn_inception",
+      classes_per_batch=180, per_class=1, learning_rate=0.0006, warm_epochs=1, frozen_bn=False,
+      decay_step=20, decay_rate=0.25, eval_every_epochs=5, checkpoint_every_epochs=5)

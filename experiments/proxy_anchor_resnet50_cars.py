@@ -33,40 +33,10 @@ Deviations:
     for the whole run.
 """
 
-from jaxdml.train import TrainConfig
+from jaxdml.train import TrainConfig, recipes
 
 
 def get_config() -> TrainConfig:
-  return TrainConfig(
-      name="proxy_anchor_resnet50_cars",
-      dataset="cars196",
-      image_size=224,
-      resize_size=256,
-      num_workers=8,
-      # --batch-size 120 (random batches in the official code; see Deviations)
-      classes_per_batch=60,
-      per_class=2,
-      epochs=60,
-      model="resnet50",
-      pretrained=None,  # --pretrained resnet50-0676ba61.pth
-      embedding_dim=512,
-      pooling="avg+max",
-      frozen_bn=True,  # --bn-freeze 1
-      loss="proxy_anchor",
-      loss_kwargs={"margin": 0.1, "alpha": 32.0},
-      optimizer="adamw",
-      learning_rate=1e-4,
-      weight_decay=1e-4,
-      backbone_lr_mult=1.0,
-      head_lr_mult=1.0,
-      loss_lr_mult=100.0,
-      loss_weight_decay=None,  # the proxies decay like the rest (1e-4)
-      schedule="step",
-      lr_decay_epochs=tuple(range(10, 60, 10)),  # --lr-decay-step 10
-      lr_decay_rate=0.5,
-      freeze_backbone_epochs=5,  # --warm 5
-      clip_value=10.0,
-      eval_every_epochs=1,
-      checkpoint_every_epochs=10,
-      recall_ks=(1, 2, 4, 8),
-  )
+  return recipes.proxy_anchor("proxy_anchor_resnet50_cars", "cars196", "resnet50",
+      classes_per_batch=60, per_class=2, learning_rate=0.0001, warm_epochs=5, frozen_bn=True,
+      decay_step=10)

@@ -32,40 +32,10 @@ Deviations (besides the recipe being derived):
   - Evaluation every 5 epochs (60,502 test images a pass); the official code evaluates every epoch.
 """
 
-from jaxdml.train import TrainConfig
+from jaxdml.train import TrainConfig, recipes
 
 
 def get_config() -> TrainConfig:
-  return TrainConfig(
-      name="proxy_anchor_resnet50_sop",
-      dataset="sop",
-      image_size=224,
-      resize_size=256,
-      num_workers=8,
-      # batch 120, as the README's ResNet-50 commands (random batches there; see Deviations)
-      classes_per_batch=120,
-      per_class=1,
-      epochs=60,
-      model="resnet50",
-      pretrained=None,  # --pretrained resnet50-0676ba61.pth
-      embedding_dim=512,
-      pooling="avg+max",
-      frozen_bn=False,  # --bn-freeze 0
-      loss="proxy_anchor",
-      loss_kwargs={"margin": 0.1, "alpha": 32.0},
-      optimizer="adamw",
-      learning_rate=6e-4,
-      weight_decay=1e-4,
-      backbone_lr_mult=1.0,
-      head_lr_mult=1.0,
-      loss_lr_mult=100.0,
-      loss_weight_decay=None,  # the proxies decay like the rest (1e-4)
-      schedule="step",
-      lr_decay_epochs=(20, 40),  # --lr-decay-step 20
-      lr_decay_rate=0.25,  # --lr-decay-gamma 0.25
-      freeze_backbone_epochs=1,  # --warm 1
-      clip_value=10.0,
-      eval_every_epochs=5,
-      checkpoint_every_epochs=5,
-      recall_ks=(1, 10, 100, 1000),
-  )
+  return recipes.proxy_anchor("proxy_anchor_resnet50_sop", "sop", "resnet50",
+      classes_per_batch=120, per_class=1, learning_rate=0.0006, warm_epochs=1, frozen_bn=False,
+      decay_step=20, decay_rate=0.25, eval_every_epochs=5, checkpoint_every_epochs=5)

@@ -117,6 +117,39 @@ def _check_int(value, name: str, minimum: int = 1) -> int:
   return int(value)
 
 
+def check_search_args(queries, references, k, similarity: str, exclude_self, chunk_size
+                      ) -> tuple[bool, int, int, bool, int, int]:
+  """Validates a search's arguments (shared by `knn` and `sharded_knn`).
+
+  Returns:
+    (same, k, chunk_size, exclude_self, num_queries, num_references), with `exclude_self`
+    resolved (None: True when the queries are their own references).
+  """
+  _checks.embeddings(queries, "queries")
+  same = references is None
+  if not same:
+    _checks.embeddings(references, "references")
+    if queries.shape[1] != references.shape[1]:
+      raise ValueError(f"`queries` have dimension {queries.shape[1]} but `references` have "
+                       f"dimension {references.shape[1]}.")
+  if similarity not in similarity_lib.SIMILARITIES:
+    raise ValueError(f"`similarity` must be one of {sorted(similarity_lib.SIMILARITIES)}, "
+                     f"got {similarity!r}.")
+  k = _check_int(k, "k")
+  chunk_size = _check_int(chunk_size, "chunk_size")
+  exclude_self = same if exclude_self is None else bool(exclude_self)
+  num_q = queries.shape[0]
+  num_r = num_q if same else references.shape[0]
+  if exclude_self and num_r < num_q:
+    raise ValueError(f"`exclude_self` assumes query i is reference i, so it needs at least as many "
+                     f"references ({num_r}) as queries ({num_q}).")
+  num_candidates = num_r - int(exclude_self)
+  if k > num_candidates:
+    raise ValueError(f"`k`={k} exceeds the number of candidate references per query "
+                     f"({num_candidates}).")
+  return same, k, chunk_size, exclude_self, num_q, num_r
+
+
 @functools.partial(jax.jit, static_argnames=("similarity",))
 def _prepare(queries: Array, references: Array | None,
              similarity: str) -> tuple[Array, Array, Array | None]:
@@ -306,28 +339,8 @@ def knn(
     >>> idx.shape
     (100, 5)
   """
-  _checks.embeddings(queries, "queries")
-  same = references is None
-  if not same:
-    _checks.embeddings(references, "references")
-    if queries.shape[1] != references.shape[1]:
-      raise ValueError(f"`queries` have dimension {queries.shape[1]} but `references` have "
-                       f"dimension {references.shape[1]}.")
-  if similarity not in similarity_lib.SIMILARITIES:
-    raise ValueError(f"`similarity` must be one of {sorted(similarity_lib.SIMILARITIES)}, "
-                     f"got {similarity!r}.")
-  k = _check_int(k, "k")
-  chunk_size = _check_int(chunk_size, "chunk_size")
-  exclude_self = same if exclude_self is None else bool(exclude_self)
-  num_q = queries.shape[0]
-  num_r = num_q if same else references.shape[0]
-  if exclude_self and num_r < num_q:
-    raise ValueError(f"`exclude_self` assumes query i is reference i, so it needs at least as many "
-                     f"references ({num_r}) as queries ({num_q}).")
-  num_candidates = num_r - int(exclude_self)
-  if k > num_candidates:
-    raise ValueError(f"`k`={k} exceeds the number of candidate references per query "
-                     f"({num_candidates}).")
+  same, k, chunk_size, exclude_self, num_q, num_r = check_search_args(
+      queries, references, k, similarity, exclude_self, chunk_size)
   q, r, r_half_sq = _prepare(queries, references, similarity)
   if same:
     r = q

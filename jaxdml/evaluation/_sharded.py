@@ -25,8 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxdml import _checks
-from jaxdml import similarity as similarity_lib
 from jaxdml.evaluation import _search as _search_lib
 
 Array = jax.Array
@@ -180,28 +178,8 @@ def sharded_knn(
     >>> idx.shape
     (100, 5)
   """
-  _checks.embeddings(queries, "queries")
-  same = references is None
-  if not same:
-    _checks.embeddings(references, "references")
-    if queries.shape[1] != references.shape[1]:
-      raise ValueError(f"`queries` have dimension {queries.shape[1]} but `references` have "
-                       f"dimension {references.shape[1]}.")
-  if similarity not in similarity_lib.SIMILARITIES:
-    raise ValueError(f"`similarity` must be one of {sorted(similarity_lib.SIMILARITIES)}, "
-                     f"got {similarity!r}.")
-  k = _search_lib._check_int(k, "k")
-  chunk_size = _search_lib._check_int(chunk_size, "chunk_size")
-  exclude_self = same if exclude_self is None else bool(exclude_self)
-  num_q = queries.shape[0]
-  num_r = num_q if same else references.shape[0]
-  if exclude_self and num_r < num_q:
-    raise ValueError(f"`exclude_self` assumes query i is reference i, so it needs at least as many "
-                     f"references ({num_r}) as queries ({num_q}).")
-  num_candidates = num_r - int(exclude_self)
-  if k > num_candidates:
-    raise ValueError(f"`k`={k} exceeds the number of candidate references per query "
-                     f"({num_candidates}).")
+  same, k, chunk_size, exclude_self, num_q, num_r = _search_lib.check_search_args(
+      queries, references, k, similarity, exclude_self, chunk_size)
   if mesh is None:
     mesh = default_mesh()
   axes = _resolve_axes(mesh, axis)
