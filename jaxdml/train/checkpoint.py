@@ -5,7 +5,9 @@ Each checkpoint is one step directory holding two items:
     state, loss parameters, step, PRNG key);
   - "data": the JSON state of the input iterator (a grain iterator's `get_state()`, or the batch
     counter of an in-memory sampler),
-so that a resumed run draws exactly the batches an uninterrupted run would have drawn. Orbax
+so that a resumed run draws exactly the batches an uninterrupted run would have drawn. With
+several processes every process's iterator state is gathered into the one JSON item (each
+process reads its own share of the data), and each process restores its own. Orbax
 writes each step to a temporary directory and renames it when complete, so a run killed during
 a save leaves the previous checkpoint as the latest one. The newest `max_to_keep` are kept.
 """
@@ -17,6 +19,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -35,6 +38,31 @@ def _decode_data_state(stored: dict) -> Any:
   if kind == "bytes":
     return stored["value"].encode("utf-8")
   return stored["value"]
+
+
+def _gather_process_states(encoded: dict) -> dict:
+  """All processes' encoded data states as one JSON-able dict (identity for one process)."""
+  if jax.process_count() == 1:
+    return encoded
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  raw = np.frombuffer(json.dumps(encoded).encode("utf-8"), np.uint8)
+  size = int(np.max(multihost_utils.process_allgather(np.array([raw.size], np.int64))))
+  padded = np.zeros((size,), np.uint8)
+  padded[:raw.size] = raw
+  rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(jax.process_count(), size)
+  states = [json.loads(bytes(row).rstrip(b"\0").decode("utf-8")) for row in rows]
+  return {"kind": "per_process", "value": states}
+
+
+def _own_process_state(stored: dict) -> dict:
+  if stored.get("kind") == "per_process":
+    states = stored["value"]
+    if len(states) != jax.process_count():
+      raise ValueError(f"the checkpoint holds input states of {len(states)} processes; this run "
+                       f"has {jax.process_count()}.")
+    return states[jax.process_index()]
+  return stored
 
 
 class Checkpointer:
@@ -64,7 +92,8 @@ class Checkpointer:
       return
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(_encode_data_state(data_state))), force=True)
+        data=ocp.args.JsonSave(_gather_process_states(_encode_data_state(data_state)))),
+        force=True)
     self._manager.wait_until_finished()
 
   def restore(self, target: Any = None, step: int | None = None) -> tuple[Any, Any]:
@@ -87,7 +116,7 @@ class Checkpointer:
         target)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-    return restored["state"], _decode_data_state(restored["data"])
+    return restored["state"], _decode_data_state(_own_process_state(restored["data"]))
 
   def close(self) -> None:
     self._manager.wait_until_finished()
