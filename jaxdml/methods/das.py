@@ -1,0 +1,418 @@
+"""Densely-Anchored Sampling (DAS; Liu et al., ECCV 2022) as pure functions over a state pytree.
+
+DAS adds embeddings around each real one, `v' = s * v + b`, and feeds real and generated
+embeddings together to the usual miner and loss:
+
+  * Discriminative Feature Scaling (DFS): `s` is 1 except on the K dimensions a class activates
+    most often, where it is drawn from `U[left, right)`. A frequency recorder counts, per class,
+    how often each dimension is among the K largest (signed) values of an embedding of that class.
+  * Memorized Transformation Shifting (MTS): `b = shift_scale * t`, where `t` is drawn uniformly
+    from a per-class FIFO bank of intra-class differences `v_a - v_b` seen in past batches.
+
+All of it lives in one `DASState` (fixed shapes, so it can sit in a train state, be checkpointed,
+and be updated inside `jax.jit`):
+
+    state = das_init(num_classes=100, dim=512)
+    state = das_update(state, z, y)                      # record the batch (no gradient)
+    z_gen, y_gen = das_generate(state, z, y, key)        # [3B, d], [3B]
+    z_all, y_all = das_combine(z, y, z_gen, y_gen)       # [4B, d]: real first, then generated
+    loss = multi_similarity_loss(z_all, y_all)           # any loss, miner or target builder
+
+`das_apply` does the three steps in the authors' order (update, then generate from the updated
+state, then concatenate). `das_pairs` gives the (target, mask) of the combined set for the matrix
+form of the losses, and `das_loss` adds the recipe's auxiliary loss.
+
+Reference: L. Liu, S. Huang, Z. Zhuang, R. Yang, M. Tan, Y. Wang, "Densely-Anchored Sampling for
+Deep Metric Learning", ECCV 2022; official code github.com/lizhaoliu-Lec/DAS
+(`modules/embedding_producer.py`; defaults from `scripts/parameters.py`; recipes from
+`table1.sh` and `table2.sh`).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxdml import _checks, similarity, targets
+
+Array = jax.Array
+
+
+class DASState(NamedTuple):
+  """The DAS memory, one row per training class.
+
+  Attributes:
+    frequency: [C, d] int32, frequency recorder: how many embeddings of class c had dimension j
+      among their K largest values. Cumulative, never decayed.
+    top_dims: [C, K] int32, the DFS mask of each class, stored as the indices of the K largest
+      entries of `frequency[c]` (`das_mask` gives the binary [C, d] form of the paper).
+    bank: [C, Z, d], the MTS bank of intra-class differences, a ring of Z slots per class.
+    bank_count: [C] int32, filled slots per class (<= Z); slots `[0, count)` hold entries.
+    bank_ptr: [C] int32, next slot to write per class; once full, it points at the oldest entry.
+  """
+
+  frequency: Array
+  top_dims: Array
+  bank: Array
+  bank_count: Array
+  bank_ptr: Array
+
+
+def das_init(num_classes: int, dim: int, *, num_scaled_dims: int = 4, bank_size: int = 10,
+             dtype=jnp.float32) -> DASState:
+  """An empty DAS state.
+
+  Args:
+    num_classes: C, the number of training classes; labels must lie in [0, C).
+    dim: d, the embedding dimension.
+    num_scaled_dims: K, the number of dimensions DFS scales per class (`das_dfs_num_scale`,
+      default 4; the Table 1 recipes use 8).
+    bank_size: Z, the capacity of each class's MTS bank (`das_mts_num_transformation_bank`,
+      default 10).
+    dtype: floating dtype of the bank.
+
+  Returns:
+    A `DASState` with zero counts and empty banks. `top_dims` starts as the first K dimensions,
+    which is what the top-K of an all-zero frequency row gives.
+
+  The bank holds C * Z * d values (as in the authors' code, one bank per class): 11,318 SOP
+  classes, Z = 10 and d = 512 make 58M floats.
+  """
+  if num_classes < 1 or dim < 1:
+    raise ValueError(f"num_classes and dim must be >= 1, got {num_classes}, {dim}.")
+  if not 1 <= num_scaled_dims <= dim:
+    raise ValueError(f"num_scaled_dims must be in [1, dim={dim}], got {num_scaled_dims}.")
+  if bank_size < 1:
+    raise ValueError(f"bank_size must be >= 1, got {bank_size}.")
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"dtype must be floating, got {dtype}.")
+  top = jnp.broadcast_to(jnp.arange(num_scaled_dims, dtype=jnp.int32),
+                         (num_classes, num_scaled_dims))
+  return DASState(
+      frequency=jnp.zeros((num_classes, dim), jnp.int32),
+      top_dims=top,
+      bank=jnp.zeros((num_classes, bank_size, dim), dtype),
+      bank_count=jnp.zeros((num_classes,), jnp.int32),
+      bank_ptr=jnp.zeros((num_classes,), jnp.int32))
+
+
+def das_mask(state: DASState) -> Array:
+  """[C, d] bool: the binary DFS mask M of the paper (True on each class's top-K dimensions)."""
+  num_classes, dim = state.frequency.shape
+  rows = jnp.arange(num_classes)[:, None]
+  return jnp.zeros((num_classes, dim), bool).at[rows, state.top_dims].set(True)
+
+
+def _check_batch(state: DASState, z: Array, y: Array) -> None:
+  _checks.embeddings(z, "z")
+  _checks.labels(y, z.shape[0], "y")
+  dim = state.frequency.shape[1]
+  if z.shape[1] != dim:
+    raise ValueError(f"`z` has dimension {z.shape[1]} but the DAS state was built for {dim}.")
+
+
+def das_update(state: DASState, z: Array, y: Array) -> DASState:
+  """Records a batch in the frequency recorder, the DFS masks and the MTS banks.
+
+  Frequency recorder: for every sample (v, y), `frequency[y, j] += 1` for the K largest entries
+  v_j (signed values, ties to the lower index). Then `top_dims[c]` is recomputed for the classes in
+  the batch as the K largest entries of `frequency[c]`.
+
+  MTS bank: for every class t in the batch with embeddings E_t (in batch order), all ordered
+  differences `E_t[a] - E_t[b]` (a-major order), without the all-zero ones (a = b or duplicate
+  embeddings), are pushed into the ring of class t; with more than Z at once only the last Z are
+  kept. With two samples per class that is `{v1 - v2, v2 - v1}` per class per batch.
+
+  Everything is stored without gradient. Pure and jit-able; cost O(B^2 d) for the differences.
+
+  Args:
+    state: the current `DASState`.
+    z: [B, d] floating embeddings, as fed to the loss.
+    y: [B] integer labels in [0, C) (not checked under jit; out-of-range labels are dropped from
+      the recorder and the banks).
+
+  Returns:
+    The new state.
+
+  Deviation from the authors' code: when more than Z differences of one class arrive in one batch,
+  the code keeps the last Z but leaves its write pointer where it was, so the next writes may
+  replace entries other than the oldest; here the ring pointer moves on and the oldest entries are
+  always replaced first. The set of stored differences right after such a batch is the same.
+  Ties in the top-K follow `jax.lax.top_k` (lower index first); torch.topk leaves them unspecified.
+  """
+  _check_batch(state, z, y)
+  num_classes, bank_size, _ = state.bank.shape
+  k = state.top_dims.shape[1]
+  z = jax.lax.stop_gradient(z)
+  y = y.astype(jnp.int32)
+  b = z.shape[0]
+  # Scatter index of each sample's class; out-of-range labels (also negative ones, which would
+  # otherwise wrap around) point past the end and their writes are dropped.
+  ys = jnp.where((y >= 0) & (y < num_classes), y, num_classes)
+  yc = jnp.clip(y, 0, num_classes - 1)
+
+  # DFS: frequency recorder, then the top-K dimensions of the classes just seen.
+  _, idx = jax.lax.top_k(z, k)                                            # [B, K]
+  freq = state.frequency.at[ys[:, None], idx].add(1, mode="drop")
+  _, rows = jax.lax.top_k(freq[yc], k)                                    # [B, K]
+  top_dims = state.top_dims.at[ys].set(rows.astype(jnp.int32), mode="drop")
+
+  # MTS: all ordered intra-class differences, ranked in the authors' enqueue order.
+  diff = z[:, None, :] - z[None, :, :]                                    # [B, B, d]
+  same = y[:, None] == y[None, :]
+  valid = same & (jnp.sum(jnp.abs(diff), axis=-1) > 0)
+  per_row = jnp.sum(valid, axis=1, dtype=jnp.int32)                       # [B]
+  earlier = same & (jnp.arange(b)[None, :] < jnp.arange(b)[:, None])      # i' < i, same class
+  before = jnp.sum(jnp.where(earlier, per_row[None, :], 0), axis=1)       # [B]
+  incoming = jnp.sum(jnp.where(same, per_row[None, :], 0), axis=1)        # n_t for row i's class
+  within = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - valid            # rank inside row i
+  rank = before[:, None] + within                                         # [B, B]
+  keep = valid & (rank >= incoming[:, None] - bank_size)
+  ptr = state.bank_ptr[yc]
+  slot = (ptr[:, None] + rank) % bank_size
+  cls = jnp.where(keep, ys[:, None], num_classes)                         # out of range: dropped
+  cls = jnp.broadcast_to(cls, (b, b))
+  bank = state.bank.at[cls, slot].set(diff.astype(state.bank.dtype), mode="drop")
+  n_new = jnp.zeros((num_classes,), jnp.int32).at[ys].add(per_row, mode="drop")
+  count = jnp.minimum(state.bank_count + n_new, bank_size)
+  bank_ptr = (state.bank_ptr + n_new) % bank_size
+  return DASState(freq, top_dims, bank, count, bank_ptr)
+
+
+def das_generate(
+    state: DASState,
+    z: Array,
+    y: Array,
+    key: Array,
+    *,
+    num_generated: int = 3,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    shift_scale: float = 0.01,
+    detach: bool = False,
+    normalize: bool = True,
+) -> tuple[Array, Array]:
+  """Generates `num_generated` embeddings around each real one.
+
+  For round r = 1..R and each sample (v, y):
+
+      s_j ~ U[left, right) for j in top_dims[y],  s_j = 1 otherwise        (DFS)
+      t   ~ uniform over the filled slots of bank[y]  (t = 0 if empty)      (MTS)
+      v'  = s * v + shift_scale * t,  then v' / ||v'|| if `normalize`
+
+  Scale factors and bank draws are independent per sample, per round (and per scaled dimension).
+
+  Args:
+    state: a `DASState`, normally already updated with this batch (`das_update`), as in the
+      authors' code, so the batch's own differences can be drawn.
+    z: [B, d] floating embeddings.
+    y: [B] integer labels in [0, C).
+    key: a `jax.random` key.
+    num_generated: R, embeddings per real one (`das_num_produce`, default 3).
+    scale_range: (left, right) of the DFS factors (`das_dfs_scale_left/right`, default
+      (0.5, 2.0); the CUB/Cars recipes use (0.99, 1.01)).
+    shift_scale: the MTS factor r_b (`das_mts_scale`, default 0.01; most SOP recipes use 0.1).
+    detach: if True, the generated embeddings carry no gradient back to `z` (`--detach`, off by
+      default, on in the CUB/Cars recipes); if False, gradients flow through `s * v`.
+    normalize: L2-normalise the generated embeddings (default True; `--das_not_normalize` turns
+      it off for losses on unnormalised embeddings, lifted structure and N-pair).
+
+  Returns:
+    (z_gen [R*B, d], y_gen [R*B]): round-major (`[gen_1 (B); gen_2 (B); ...]`) with labels
+    repeated, the order in which the authors append them after the real batch.
+
+  The keyword arguments are Python values (static under `jax.jit`). The defaults are those of
+  the training script (`scripts/parameters.py`, passed on by `scripts/standard.py`); the classes in
+  `modules/embedding_producer.py` have their own defaults (detach on, and no normalisation in
+  `EmbeddingProducer`) that the script always overrides.
+
+  Normalisation uses `jaxdml.similarity.l2_normalize` (epsilon 1e-12 on the squared norm, where
+  torch's F.normalize puts 1e-12 on the norm); this only matters for near-zero vectors.
+  """
+  _check_batch(state, z, y)
+  if num_generated < 1:
+    raise ValueError(f"num_generated must be >= 1, got {num_generated}.")
+  left, right = scale_range
+  if not left <= right:
+    raise ValueError(f"scale_range must satisfy left <= right, got {scale_range}.")
+  if shift_scale < 0:
+    raise ValueError(f"shift_scale must be >= 0, got {shift_scale}.")
+  num_classes, _, dim = state.bank.shape
+  b = z.shape[0]
+  k = state.top_dims.shape[1]
+  y = y.astype(jnp.int32)
+  yc = jnp.clip(y, 0, num_classes - 1)
+  src = jax.lax.stop_gradient(z) if detach else z
+
+  k_scale, k_bank = jax.random.split(key)
+  scale = jax.random.uniform(k_scale, (num_generated, b, k), z.dtype, left, right)
+  r_idx = jnp.arange(num_generated)[:, None, None]
+  b_idx = jnp.arange(b)[None, :, None]
+  dims = state.top_dims[yc][None]                                          # [1, B, K]
+  factor = jnp.ones((num_generated, b, dim), z.dtype).at[r_idx, b_idx, dims].set(scale)
+
+  count = state.bank_count[yc]                                             # [B]
+  slot = jax.random.randint(k_bank, (num_generated, b), 0, jnp.maximum(count, 1)[None, :])
+  shift = state.bank[yc[None, :], slot]                                    # [R, B, d]
+  shift = jnp.where((count > 0)[None, :, None], shift, 0.0)
+  shift = jax.lax.stop_gradient(shift).astype(z.dtype)
+
+  out = src[None] * factor + shift_scale * shift
+  if normalize:
+    out = similarity.l2_normalize(out)
+  return out.reshape(num_generated * b, dim), jnp.tile(y, num_generated)
+
+
+def das_combine(z: Array, y: Array, z_gen: Array, y_gen: Array) -> tuple[Array, Array]:
+  """`[real; generated]` embeddings and labels: the batch every miner and loss then sees."""
+  _checks.embeddings(z, "z")
+  _checks.labels(y, z.shape[0], "y")
+  _checks.embeddings(z_gen, "z_gen")
+  _checks.labels(y_gen, z_gen.shape[0], "y_gen")
+  if z_gen.shape[1] != z.shape[1]:
+    raise ValueError(f"`z_gen` has dimension {z_gen.shape[1]} but `z` has {z.shape[1]}.")
+  return (jnp.concatenate([z, z_gen.astype(z.dtype)], axis=0),
+          jnp.concatenate([y, y_gen.astype(y.dtype)], axis=0))
+
+
+def das_apply(state: DASState, z: Array, y: Array, key: Array,
+              **generate_kwargs) -> tuple[Array, Array, DASState]:
+  """One DAS step as in the authors' code: update, generate, combine.
+
+  Returns:
+    (z_all [(1+R)B, d], y_all [(1+R)B], new_state); `generate_kwargs` go to `das_generate`.
+  """
+  state = das_update(state, z, y)
+  z_gen, y_gen = das_generate(state, z, y, key, **generate_kwargs)
+  z_all, y_all = das_combine(z, y, z_gen, y_gen)
+  return z_all, y_all, state
+
+
+QUERIES = ("all", "real")
+
+
+def das_pairs(y: Array, num_generated: int = 3, *, queries: str = "all",
+              exclude_source: bool = False) -> tuple[Array, Array]:
+  """(target, mask) of the combined batch `[real (B); gen_1 (B); ...; gen_R (B)]`.
+
+  Args:
+    y: [B] integer labels of the real batch.
+    num_generated: R.
+    queries: "all" (default, as the authors' code: every real or generated embedding is an
+      anchor against all others) gives [(1+R)B, (1+R)B]; "real" keeps only the real anchors,
+      [B, (1+R)B], for `loss(z, y, z_all, y_all, mask=mask)`.
+    exclude_source: drop the pairs between embeddings that come from the same real sample (a
+      source and its generated copies, and the copies among themselves). Off by default: the
+      authors' code treats such pairs as ordinary positives.
+
+  Returns:
+    target float32 and mask bool, as `jaxdml.targets.from_labels`; each embedding's pair with
+    itself is always masked.
+  """
+  _checks.one_of(queries, QUERIES, "queries")
+  _checks.check_rank(y, 1, "y", "[B]")
+  _checks.check_integer(y, "y")
+  if num_generated < 0:
+    raise ValueError(f"num_generated must be >= 0, got {num_generated}.")
+  b = y.shape[0]
+  y_all = jnp.tile(y, 1 + num_generated)
+  yq = y_all if queries == "all" else y
+  target, mask = targets.from_labels(yq, y_all, exclude_self=True)
+  if exclude_source:
+    src = jnp.arange(y_all.shape[0]) % max(b, 1)
+    mask = mask & (src[: yq.shape[0], None] != src[None, :])
+  return target, mask
+
+
+def das_loss(loss_fn: Callable[[Array, Array], Array], z: Array, y: Array, z_gen: Array,
+             y_gen: Array, *, aux_weight: float | None = None) -> Array:
+  """The recipe's objective for any `loss_fn(embeddings, labels) -> scalar`.
+
+  Without `aux_weight` (the default): `loss_fn(z_all, y_all)` on the combined batch. With it
+  (`--aux_loss`, weight 1.0 in the code, used only by the SOP triplet recipes of Table 2):
+  `loss_fn(z, y) + aux_weight * loss_fn(z_all, y_all)`.
+  """
+  z_all, y_all = das_combine(z, y, z_gen, y_gen)
+  total = loss_fn(z_all, y_all)
+  if aux_weight is None:
+    return total
+  return loss_fn(z, y) + aux_weight * total
+
+
+class DASRecipe(NamedTuple):
+  """DAS settings of one published run (see `das_recipe`)."""
+
+  num_scaled_dims: int = 4
+  bank_size: int = 10
+  num_generated: int = 3
+  scale_range: tuple[float, float] = (0.5, 2.0)
+  shift_scale: float = 0.01
+  detach: bool = False
+  normalize: bool = True
+  aux_weight: float | None = None
+
+  def init_kwargs(self) -> dict:
+    """Keyword arguments for `das_init`."""
+    return {"num_scaled_dims": self.num_scaled_dims, "bank_size": self.bank_size}
+
+  def generate_kwargs(self) -> dict:
+    """Keyword arguments for `das_generate` (and `das_apply`)."""
+    return {"num_generated": self.num_generated, "scale_range": self.scale_range,
+            "shift_scale": self.shift_scale, "detach": self.detach, "normalize": self.normalize}
+
+
+_FINE = (0.99, 1.01)
+_CUB_CARS = DASRecipe(scale_range=_FINE, detach=True)
+_TABLE2_LOSSES = ("triplet_semihard", "triplet_distance", "contrastive", "margin", "lifted",
+                  "npair", "multisimilarity")
+
+RECIPES = MappingProxyType({
+    # table1.sh: multi-similarity, K = 8 (R50 and BN-Inception, 512-d).
+    ("table1", "cub200", "multisimilarity"): _CUB_CARS._replace(num_scaled_dims=8),
+    ("table1", "cars196", "multisimilarity"): _CUB_CARS._replace(num_scaled_dims=8),
+    ("table1", "online_products", "multisimilarity"): DASRecipe(num_scaled_dims=8,
+                                                                shift_scale=0.1),
+    # table2.sh, CUB and Cars: every loss the same, unnormalised for lifted and N-pair.
+    **{("table2", ds, loss): _CUB_CARS._replace(normalize=loss not in ("lifted", "npair"))
+       for ds in ("cub200", "cars196") for loss in _TABLE2_LOSSES},
+    # table2.sh, SOP.
+    ("table2", "online_products", "triplet_semihard"): DASRecipe(shift_scale=0.1, detach=True,
+                                                                 aux_weight=1.0),
+    ("table2", "online_products", "triplet_distance"): DASRecipe(shift_scale=0.1, detach=True,
+                                                                 aux_weight=1.0),
+    ("table2", "online_products", "contrastive"): DASRecipe(shift_scale=0.1),
+    ("table2", "online_products", "margin"): DASRecipe(),
+    ("table2", "online_products", "lifted"): DASRecipe(scale_range=_FINE, shift_scale=0.1,
+                                                       normalize=False),
+    ("table2", "online_products", "npair"): DASRecipe(scale_range=_FINE, shift_scale=0.1,
+                                                      normalize=False),
+    ("table2", "online_products", "multisimilarity"): DASRecipe(shift_scale=0.1),
+})
+"""Read-only map `(table, dataset, loss) -> DASRecipe` of the official scripts.
+
+Table 1 (`table1.sh`, MS, K = 8): CUB/Cars scale (0.99, 1.01), shift 0.01, detach; SOP default
+scale (0.5, 2.0), shift 0.1, no detach. Table 2 (`table2.sh`, K = 4): CUB/Cars as Table 1 but
+K = 4, and without normalisation for lifted and N-pair; SOP: shift 0.1 except margin (all
+defaults), fine scale (0.99, 1.01) and no normalisation for lifted and N-pair, detach and the
+auxiliary loss (weight 1) only for the two triplet runs. The script's Cars "MS + R^512" line of
+Table 1 names `cub200`; its settings are those of the other Cars and CUB lines.
+"""
+
+
+def das_recipe(table: str, dataset: str, loss: str = "multisimilarity") -> DASRecipe:
+  """The DAS settings of a published run, e.g. `das_recipe("table1", "cub200")`.
+
+  Args:
+    table: "table1" or "table2".
+    dataset: "cub200", "cars196" or "online_products".
+    loss: "multisimilarity" (Table 1's only loss) or, for Table 2, one of "triplet_semihard",
+      "triplet_distance", "contrastive", "margin", "lifted", "npair", "multisimilarity".
+  """
+  try:
+    return RECIPES[(table, dataset, loss)]
+  except KeyError:
+    raise ValueError(
+        f"no DAS recipe for ({table!r}, {dataset!r}, {loss!r}); known: "
+        f"{sorted(RECIPES)}.") from None

@@ -1,0 +1,595 @@
+"""HIER: hierarchical proxies in hyperbolic space as a regulariser of a metric-learning loss.
+
+Kim, Jeong and Kwak, "HIER: Metric Learning Beyond Class Labels via Hierarchical Regularization",
+CVPR 2023. A set of learnable "hierarchical proxies" lives in the Poincare ball with the
+embeddings. For a triplet (i, j, k) in which i and j are more related than k, the proxy that is
+the lowest common ancestor (LCA) of i and j should be closer to them than the LCA of the whole
+triplet, and k should be further from the LCA of (i, j) than from the LCA of (i, j, k). The
+triplets are mined among the batch (with labels) and among the proxies themselves, so that the
+proxies organise into a hierarchy. The total objective is
+
+    L = lambda1 * L_base(z, y) + lambda2 * L_HIER(proxies, z, y),   lambda1 = 1, lambda2 = 0.5
+
+where L_base is any metric-learning loss on the same embeddings (Proxy-Anchor on the cosine of the
+embeddings in the paper's main results).
+
+Typical use, with embeddings `z` already in the ball (the head ends with
+`jaxdml.geometry.poincare.to_poincare(..., riemannian=True)`):
+
+    hier_proxies = init_hier_proxies(key, 512, 128)              # a parameter, trained at 50x lr
+    loss = proxy_anchor_loss(z, y, pa_proxies) + 0.5 * hier_loss(hier_proxies, z, y, key)
+
+State conventions: everything is a pure function; the proxies are a plain [P, d] array of
+Euclidean parameters (mapped into the ball inside the loss), randomness comes from an explicit
+key (triplet sampling and the Gumbel noise of the LCA selection).
+
+Also here: the pairwise cross-entropy loss of Hyperbolic ViT (Ermolov et al., CVPR 2022), which
+HIER's code offers as a base loss ("SupCon"), and the learning-rate multipliers of HIER's recipe.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxdml import _checks
+from jaxdml.geometry import poincare
+
+Array = jax.Array
+
+#: The authors' defaults (hier/losses.py HIERLoss, hier/train.py and every scripts/*/hier_*.sh).
+DEFAULT_NUM_PROXIES = 512
+DEFAULT_MARGIN = 0.1
+DEFAULT_TAU = 0.1
+DEFAULT_TOPK = 20
+DEFAULT_TRIPLETS_PER_ANCHOR = 50
+DEFAULT_LAMBDA1 = 1.0
+DEFAULT_LAMBDA2 = 0.5
+
+
+# ------------------------------------------------------------------------------------------------
+# Parameters
+# ------------------------------------------------------------------------------------------------
+
+
+def init_hier_proxies(
+    key: Array,
+    num_proxies: int,
+    dim: int,
+    *,
+    clip_r: float = poincare.DEFAULT_CLIP_R,
+    dtype=jnp.float32,
+) -> Array:
+  """Initial hierarchical proxies: Euclidean parameters `N(0, 1) / sqrt(dim) * clip_r * 0.9`.
+
+  Their norms concentrate at about `0.9 clip_r` (2.07 for clip_r = 2.3), just inside the feature
+  clipping radius, so that `to_poincare` maps them near the outer rim of the embeddings' region.
+  The authors use 512 proxies (`--num_hproxies`) of the embedding dimension.
+
+  Args:
+    key: a `jax.random` key.
+    num_proxies: P.
+    dim: the embedding dimension d.
+    clip_r: the feature-clipping radius of the head (2.3).
+    dtype: floating dtype.
+
+  Returns:
+    [P, d] Euclidean proxy parameters; `hier_loss` maps them into the ball.
+  """
+  if num_proxies < 1 or dim < 1:
+    raise ValueError(f"num_proxies and dim must be >= 1, got {num_proxies}, {dim}.")
+  scale = clip_r * 0.9 / jnp.sqrt(float(dim))
+  return (jax.random.normal(key, (num_proxies, dim), jnp.float32) * scale).astype(dtype)
+
+
+def hier_proxies_in_ball(
+    proxies: Array,
+    *,
+    c: float = poincare.DEFAULT_C,
+    clip_r: float | None = poincare.DEFAULT_CLIP_R,
+    riemannian: bool = True,
+) -> Array:
+  """The proxies as points of the ball, `to_poincare(proxies)` (HIER: with the Riemannian fix)."""
+  return poincare.to_poincare(proxies, c=c, clip_r=clip_r, riemannian=riemannian)
+
+
+def hier_lr_multipliers(*, fc_lr_scale: float = 1.0) -> dict[str, float]:
+  """Learning-rate multipliers of HIER's parameter groups, as plain data for the trainer.
+
+  From the authors' `get_params_groups` (hier/utils.py) and scripts:
+
+    * "backbone": 1 (the pretrained network; its learning rate is 0 during the first
+      `warmup_epochs`: 1 on CUB/Cars, 5 on SOP/In-shop);
+    * "head": `fc_lr_scale` (the LayerNorm + Linear + ToPoincare head): 1, or 100 in the
+      ViT-S, DeiT-S and DINO scripts for SOP and In-shop;
+    * "hier_proxies": 50 (the hierarchical proxies of `init_hier_proxies`);
+    * "class_proxies": 1e4 (the base loss's parameters, e.g. the Proxy-Anchor class proxies).
+
+  Every group uses the same weight decay. The base learning rate is scaled by
+  `global_batch / 180`; gradients of all parameters, the loss parameters included, are clipped
+  by value to [-10, 10] (the `--clip_grad` flag only switches this on). In jaxdml's trainer
+  groups ("backbone", "head", "loss"), the two proxy groups are both "loss" parameters and need
+  separate multipliers.
+  """
+  return {"backbone": 1.0, "head": float(fc_lr_scale), "hier_proxies": 50.0,
+          "class_proxies": 1e4}
+
+
+# ------------------------------------------------------------------------------------------------
+# Reciprocal k-NN triplet mining with a fixed budget
+# ------------------------------------------------------------------------------------------------
+
+
+class Triplets(NamedTuple):
+  """A fixed-size set of triplets (i, j, k): (i, j) the related pair, k the third node.
+
+  anchor, positive, negative: [M] int32 indices. weight: [M] float32, 1 for real triplets and 0 for
+  the slots of skipped anchors (the budget is fixed so that the shapes are static under jit).
+  """
+
+  anchor: Array
+  positive: Array
+  negative: Array
+  weight: Array
+
+
+def reciprocal_relevance(sim: Array, topk: int = DEFAULT_TOPK) -> Array:
+  """The matrix `M = (N + N^T) / 2` of reciprocal k-NN, with the diagonal set to -1.
+
+  `N[i, j] = 1` iff j is among the `topk` largest entries of row i of `sim` (row i itself
+  included, as a node is normally its own nearest neighbour). So `M[i, j]` is 1 for mutual
+  neighbours, 0.5 for one-way neighbours and 0 otherwise. `topk` is clipped to the number of
+  nodes N (the authors' `torch.topk` raises instead). Ties in `sim` go to the lower index.
+
+  Args:
+    sim: [N, N] similarities among N nodes (larger is closer).
+    topk: neighbourhood size k (20 in the authors' scripts).
+
+  Returns:
+    [N, N] float32 matrix with values in {-1, 0, 0.5, 1}.
+  """
+  _checks.check_rank(sim, 2, "sim", "[nodes, nodes]")
+  n = sim.shape[0]
+  if sim.shape[1] != n:
+    raise ValueError(f"`sim` must be square, got shape {sim.shape}.")
+  k = max(1, min(int(topk), n))
+  _, idx = lax.top_k(sim, k)
+  nn = jnp.zeros((n, n), jnp.float32).at[jnp.arange(n)[:, None], idx].set(1.0)
+  m = 0.5 * (nn + nn.T)
+  return jnp.where(jnp.eye(n, dtype=bool), -1.0, m)
+
+
+def reciprocal_triplets(
+    sim: Array,
+    key: Array,
+    *,
+    topk: int = DEFAULT_TOPK,
+    triplets_per_anchor: int = DEFAULT_TRIPLETS_PER_ANCHOR,
+    negatives_include_anchor: bool = True,
+) -> Triplets:
+  """Samples triplets from reciprocal k-NN, with a fixed budget of N * triplets_per_anchor.
+
+  With `M = reciprocal_relevance(sim, topk)`, the related partners of anchor i are the j with
+  `M[i, j] = 1` (mutual top-k neighbours) and the third nodes are the k with `M[i, k] < 1`. An
+  anchor with at most one related partner is skipped. Every other anchor gets
+  `triplets_per_anchor` triplets, their partners and third nodes drawn uniformly with replacement
+  and paired index-wise, as in the authors' `get_reciprocal_triplets`.
+
+  Budget: the authors' code returns a variable number of triplets (T per valid anchor). Here every
+  anchor has T slots, so there are always N * T triplets, and the slots of skipped anchors carry
+  weight 0. This is exactly the authors' triplet count when no anchor is skipped and an upper
+  bound otherwise; the loss divides by the sum of the weights, so its value is the authors' mean.
+  Memory of the loss grows as N * T * P (P proxies).
+
+  Args:
+    sim: [N, N] similarities (no gradient flows through the mining).
+    key: a `jax.random` key.
+    topk: neighbourhood size (20 in every script; the function default in the code is 30).
+    triplets_per_anchor: T (the code calls it with 50).
+    negatives_include_anchor: the authors' third-node set `M[i, :] < 1` contains the anchor
+      itself (the diagonal is -1); True keeps that. Such a triplet (i, j, i) has the same two LCAs
+      whenever the Gumbel noise does not separate them, and then only adds to the mean's
+      divisor. False excludes the anchor.
+
+  Returns:
+    `Triplets` of N * T entries, grouped by anchor (anchor = repeat(arange(N), T)).
+  """
+  n = sim.shape[0]
+  t = int(triplets_per_anchor)
+  if t < 1:
+    raise ValueError(f"`triplets_per_anchor` must be >= 1, got {triplets_per_anchor}.")
+  u = jax.random.uniform(key, (2, n, t))
+  return _reciprocal_triplets(sim, u, topk, negatives_include_anchor)
+
+
+def _reciprocal_triplets(sim: Array, u: Array, topk: int, negatives_include_anchor: bool
+                         ) -> Triplets:
+  """`reciprocal_triplets` with its randomness given: `u [2, N, T]` uniform in [0, 1)."""
+  m = reciprocal_relevance(lax.stop_gradient(sim), topk)
+  n, t = m.shape[0], u.shape[-1]
+  related = m == 1.0
+  others = m < 1.0
+  if not negatives_include_anchor:
+    others = others & ~jnp.eye(n, dtype=bool)
+  valid = (jnp.sum(related, axis=1) > 1) & jnp.any(others, axis=1)
+  pos = _sample_from_rows(related, u[0])
+  neg = _sample_from_rows(others, u[1])
+  anchor = jnp.repeat(jnp.arange(n, dtype=jnp.int32), t)
+  return Triplets(anchor, pos.reshape(-1), neg.reshape(-1),
+                  jnp.repeat(valid.astype(jnp.float32), t))
+
+
+def _sample_from_rows(mask: Array, u: Array) -> Array:
+  """For each row of `mask [n, n]`, t columns drawn uniformly among its True entries.
+
+  `u [n, t]` holds uniform numbers in [0, 1): draw r = floor(u * count) and return the column of
+  the row's (r + 1)-th True entry (a binary search in the row's cumulative count), which costs
+  O(n t log n) rather than the O(n^2 t) of Gumbel-max sampling. Rows without a True entry return
+  arbitrary columns.
+  """
+  n = mask.shape[1]
+  cums = jnp.cumsum(mask.astype(jnp.int32), axis=1)
+  counts = cums[:, -1:]
+  r = jnp.minimum(jnp.floor(u * counts).astype(jnp.int32), jnp.maximum(counts - 1, 0))
+  idx = jax.vmap(lambda row, q: jnp.searchsorted(row, q, side="left"))(cums, r + 1)
+  return jnp.minimum(idx, n - 1).astype(jnp.int32)
+
+
+# ------------------------------------------------------------------------------------------------
+# LCA selection and the triplet loss
+# ------------------------------------------------------------------------------------------------
+
+
+def select_lca(max_dist: Array, key: Array | None, *, tau: float = DEFAULT_TAU
+               ) -> tuple[Array, Array]:
+  """Straight-through hard Gumbel-softmax choice of a lowest common ancestor among P proxies.
+
+  Logits are `-max_dist / tau` (a proxy is a good common ancestor when its largest distance to the
+  members is small). Forward: the one-hot vector at `argmax(-max_dist / tau + g)`, g ~ Gumbel(0, 1)
+  i.i.d. (Gumbel temperature 1, `torch.nn.functional.gumbel_softmax(hard=True)`). Backward: the
+  gradient of `softmax(-max_dist / tau + g)`. With `key=None` there is no noise: the LCA is
+  `argmin_p max_dist[p]`.
+
+  Args:
+    max_dist: [M, P] for each triplet, the largest distance of its members to each proxy.
+    key: a `jax.random` key, or None for the noiseless choice.
+    tau: temperature (0.1).
+
+  Returns:
+    (weights [M, P], index [M] int32): one-hot forward values with soft gradients, and the
+    selected proxies.
+  """
+  noise = None if key is None else jax.random.gumbel(key, max_dist.shape, max_dist.dtype)
+  return _straight_through_lca(max_dist, noise, tau)
+
+
+def _straight_through_lca(max_dist: Array, noise: Array | None, tau: float
+                          ) -> tuple[Array, Array]:
+  logits = -max_dist / tau
+  if noise is not None:
+    logits = logits + noise
+  soft = jax.nn.softmax(logits, axis=-1)
+  idx = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  hard = jax.nn.one_hot(idx, logits.shape[-1], dtype=soft.dtype)
+  return hard + soft - lax.stop_gradient(soft), idx
+
+
+def hier_triplet_loss(
+    dist: Array,
+    triplets: Triplets,
+    key: Array | None,
+    *,
+    margin: float = DEFAULT_MARGIN,
+    tau: float = DEFAULT_TAU,
+) -> tuple[Array, dict[str, Array]]:
+  """The HIER triplet loss over node-to-proxy distances (the authors' `compute_gHHC`).
+
+  For a triplet (i, j, k), with `D = dist`, `m_ij = max(D_i, D_j)` and `m_ijk = max(m_ij, D_k)`
+  (element-wise over the P proxies), the LCAs are `pi_ij = select_lca(m_ij)` and
+  `pi_ijk = select_lca(m_ijk)` (independent Gumbel noise for the two choices),
+  `d_a,ij = <D_a, pi_ij>` and `d_a,ijk = <D_a, pi_ijk>`, and
+
+      l = [d_i,ij - d_i,ijk + delta]_+ + [d_j,ij - d_j,ijk + delta]_+ + [d_k,ijk - d_k,ij + delta]_+
+
+  counted only when the two LCAs differ. The loss is `sum(w l 1[lca_ij != lca_ijk]) / sum(w)`
+  with w the triplet weights: as in the authors' code, triplets whose LCAs coincide count in the
+  divisor (the mean runs over all sampled triplets). It is 0 when no triplet has weight.
+
+  Args:
+    dist: [N, P] distances of N nodes (embeddings or proxies) to the P proxies.
+    triplets: indices into the N nodes, with weights.
+    key: a `jax.random` key for the Gumbel noise, or None (noiseless LCA).
+    margin: delta (0.1).
+    tau: LCA temperature (0.1).
+
+  Returns:
+    (loss, aux) with aux {"num_triplets": sum of weights, "active_fraction": weighted share of
+    triplets whose two LCAs differ}.
+  """
+  _checks.check_rank(dist, 2, "dist", "[nodes, proxies]")
+  _checks.check_floating(dist, "dist")
+  dtype = jnp.promote_types(dist.dtype, jnp.float32)
+  shape = (2, triplets.anchor.shape[0], dist.shape[1])
+  noise = None if key is None else jax.random.gumbel(key, shape, dtype)
+  return _hier_triplet_loss(dist, triplets, noise, margin, tau)
+
+
+def _hier_triplet_loss(dist: Array, triplets: Triplets, noise: Array | None, margin: float,
+                       tau: float) -> tuple[Array, dict[str, Array]]:
+  """`hier_triplet_loss` with its Gumbel noise given: `noise [2, M, P]` or None."""
+  dist = dist.astype(jnp.promote_types(dist.dtype, jnp.float32))
+  di, dj, dk = dist[triplets.anchor], dist[triplets.positive], dist[triplets.negative]
+  m_ij = jnp.maximum(di, dj)
+  m_ijk = jnp.maximum(m_ij, dk)
+  g_ij, g_ijk = (None, None) if noise is None else (noise[0], noise[1])
+  pi_ij, idx_ij = _straight_through_lca(m_ij, g_ij, tau)
+  pi_ijk, idx_ijk = _straight_through_lca(m_ijk, g_ijk, tau)
+
+  def to(d, pi):
+    return jnp.sum(d * pi, axis=-1)
+
+  per = (jax.nn.relu(to(di, pi_ij) - to(di, pi_ijk) + margin)
+         + jax.nn.relu(to(dj, pi_ij) - to(dj, pi_ijk) + margin)
+         + jax.nn.relu(to(dk, pi_ijk) - to(dk, pi_ij) + margin))
+  w = triplets.weight.astype(per.dtype)
+  active = (idx_ij != idx_ijk).astype(per.dtype)
+  total = jnp.sum(w)
+  denom = jnp.maximum(total, 1.0)
+  loss = jnp.where(total > 0, jnp.sum(per * active * w) / denom, 0.0)
+  return loss, {"num_triplets": total, "active_fraction": jnp.sum(active * w) / denom}
+
+
+# ------------------------------------------------------------------------------------------------
+# The HIER loss
+# ------------------------------------------------------------------------------------------------
+
+
+def hier_loss_and_aux(
+    proxies: Array,
+    embeddings: Array,
+    labels: Array,
+    key: Array,
+    *,
+    c: float = poincare.DEFAULT_C,
+    clip_r: float | None = poincare.DEFAULT_CLIP_R,
+    margin: float = DEFAULT_MARGIN,
+    tau: float = DEFAULT_TAU,
+    topk: int = DEFAULT_TOPK,
+    triplets_per_anchor: int = DEFAULT_TRIPLETS_PER_ANCHOR,
+    riemannian: bool = True,
+    lca_noise: bool = True,
+    negatives_include_anchor: bool = True,
+) -> tuple[Array, dict[str, Array]]:
+  """HIER loss with diagnostics: `L_HIER = L_data + L_proxy`.
+
+  1. The proxies are mapped into the ball, `rho = to_poincare(proxies)` (clip, expmap0, project,
+     Riemannian gradient).
+  2. Data triplets: `S = exp(-d(z, z)) + 1[y_i = y_j]` (no gradient; the label bonus makes
+     same-class pairs mutual neighbours), `reciprocal_triplets(S)`, then
+     `hier_triplet_loss(d(z, rho))`.
+  3. Proxy triplets: `S' = exp(-d(rho, rho))` (no gradient, no labels), `reciprocal_triplets(S')`,
+     then `hier_triplet_loss(d(rho, rho))`. As in the authors' code a proxy's LCA candidates
+     include itself (distance 0), so for a proxy pair (i, j) the proxies i and j tie as candidate
+     LCAs at `max = d(i, j)`; the Gumbel noise breaks the tie (without noise, float rounding
+     does), and any proxy nearer to both wins over them.
+
+  Differences from the authors' `HIERLoss.forward` (hier/losses.py): the fixed triplet budget of
+  `reciprocal_triplets` (same value of the mean); 0 instead of an error when no anchor has two
+  related partners; `topk` clipped to the number of nodes; c must be > 0 (the code's spherical
+  branch is not provided). Under data parallelism the embeddings should be the global batch, as
+  the authors gather them across GPUs before the loss.
+
+  Args:
+    proxies: [P, d] Euclidean proxy parameters (`init_hier_proxies`).
+    embeddings: [B, d] embeddings already in the ball (the head's `to_poincare` output).
+    labels: [B] integer labels.
+    key: a `jax.random` key (triplet sampling and Gumbel noise).
+    c: curvature parameter (0.1).
+    clip_r: feature-clipping radius applied to the proxies (2.3).
+    margin: delta (0.1).
+    tau: LCA temperature (0.1).
+    topk: reciprocal-neighbourhood size (20).
+    triplets_per_anchor: T (50).
+    riemannian: Riemannian gradient fix on the proxies (True, as the authors).
+    lca_noise: Gumbel noise in the LCA choice (True, as the authors); False selects the LCAs
+      deterministically.
+    negatives_include_anchor: see `reciprocal_triplets` (True, as the authors).
+
+  Returns:
+    (loss, aux): aux holds "data_loss", "proxy_loss", the "num_triplets" of each part
+    ("data_triplets", "proxy_triplets") and their "active_fraction"s.
+  """
+  _checks.embeddings(embeddings)
+  _checks.labels(labels, embeddings.shape[0])
+  _checks.check_rank(proxies, 2, "proxies", "[num_proxies, dim]")
+  _checks.check_floating(proxies, "proxies")
+  if proxies.shape[1] != embeddings.shape[1]:
+    raise ValueError(f"`proxies` have dimension {proxies.shape[1]} but `embeddings` have "
+                     f"dimension {embeddings.shape[1]}.")
+  if isinstance(c, (int, float)):
+    _checks.positive(c, "c")
+  if int(triplets_per_anchor) < 1:
+    raise ValueError(f"`triplets_per_anchor` must be >= 1, got {triplets_per_anchor}.")
+  u_data, u_proxy, g_data, g_proxy = _hier_randomness(
+      key, embeddings.shape[0], proxies.shape[0], int(triplets_per_anchor), lca_noise)
+  rho = hier_proxies_in_ball(proxies, c=c, clip_r=clip_r, riemannian=riemannian)
+
+  d_zz = lax.stop_gradient(poincare.dist_matrix(embeddings, c=c)).astype(jnp.float32)
+  same = (labels[:, None] == labels[None, :]).astype(jnp.float32)
+  t_data = _reciprocal_triplets(jnp.exp(-d_zz) + same, u_data, topk, negatives_include_anchor)
+  data_loss, data_aux = _hier_triplet_loss(poincare.dist_matrix(embeddings, rho, c=c), t_data,
+                                           g_data, margin, tau)
+
+  d_pp = poincare.dist_matrix(rho, c=c)
+  t_proxy = _reciprocal_triplets(jnp.exp(-lax.stop_gradient(d_pp)), u_proxy, topk,
+                                 negatives_include_anchor)
+  proxy_loss, proxy_aux = _hier_triplet_loss(d_pp, t_proxy, g_proxy, margin, tau)
+  aux = {
+      "data_loss": data_loss,
+      "proxy_loss": proxy_loss,
+      "data_triplets": data_aux["num_triplets"],
+      "proxy_triplets": proxy_aux["num_triplets"],
+      "data_active_fraction": data_aux["active_fraction"],
+      "proxy_active_fraction": proxy_aux["active_fraction"],
+  }
+  return data_loss + proxy_loss, aux
+
+
+def _hier_randomness(key: Array, b: int, p: int, t: int, lca_noise: bool
+                     ) -> tuple[Array, Array, Array | None, Array | None]:
+  """All random numbers of one `hier_loss` call from a single draw (one generator to compile).
+
+  Returns uniforms for the data and proxy triplet sampling ([2, B, T], [2, P, T]) and Gumbel
+  noise for the data and proxy LCA choices ([2, B T, P], [2, P T, P]; None without noise).
+  """
+  sizes = [2 * b * t, 2 * p * t] + ([2 * b * t * p, 2 * p * t * p] if lca_noise else [])
+  tiny = float(jnp.finfo(jnp.float32).tiny)
+  u = jax.random.uniform(key, (sum(sizes),), jnp.float32, minval=tiny, maxval=1.0)
+  parts, start = [], 0
+  for size in sizes:
+    parts.append(u[start:start + size])
+    start += size
+  u_data, u_proxy = parts[0].reshape(2, b, t), parts[1].reshape(2, p, t)
+  if not lca_noise:
+    return u_data, u_proxy, None, None
+  gumbel = lambda v, shape: -jnp.log(-jnp.log(v)).reshape(shape)
+  return u_data, u_proxy, gumbel(parts[2], (2, b * t, p)), gumbel(parts[3], (2, p * t, p))
+
+
+def hier_loss(proxies: Array, embeddings: Array, labels: Array, key: Array, **kwargs) -> Array:
+  """The HIER regulariser `L_HIER` as a scalar; see `hier_loss_and_aux` for the arguments.
+
+  Defaults are the authors' (c 0.1, clip 2.3, margin 0.1, tau 0.1, topk 20, 50 triplets per
+  anchor). Add it to a base loss with weight 0.5 (`combine_losses`, `with_hier`).
+  """
+  return hier_loss_and_aux(proxies, embeddings, labels, key, **kwargs)[0]
+
+
+_HIER_KWARGS = frozenset({"c", "clip_r", "margin", "tau", "topk", "triplets_per_anchor",
+                          "riemannian", "lca_noise", "negatives_include_anchor"})
+
+
+def combine_losses(base_loss: Array, hier: Array, *, lambda1: float = DEFAULT_LAMBDA1,
+                   lambda2: float = DEFAULT_LAMBDA2) -> Array:
+  """`lambda1 * base_loss + lambda2 * hier` (1 and 0.5 in every HIER script)."""
+  return lambda1 * base_loss + lambda2 * hier
+
+
+def with_hier(
+    base_loss_fn: Callable[[Any, Array, Array], Array],
+    *,
+    lambda1: float = DEFAULT_LAMBDA1,
+    lambda2: float = DEFAULT_LAMBDA2,
+    **hier_kwargs,
+) -> Callable[[Any, Array, Array, Array, Array], tuple[Array, dict[str, Array]]]:
+  """Adds HIER to any base loss: returns `f(base_params, hier_proxies, z, y, key) -> (loss, aux)`.
+
+      loss = lambda1 * base_loss_fn(base_params, z, y)
+             + lambda2 * hier_loss(hier_proxies, z, y, key)
+
+  Both losses see the same ball embeddings z. A cosine-based base loss such as
+  `jaxdml.losses.proxy_anchor_loss` normalises them, and `normalize(to_poincare(x))` equals
+  `normalize(x)` (up to the projection), so it effectively sees the Euclidean head direction, as in
+  the authors' `PALoss_Angle`. Example:
+
+      loss_fn = with_hier(lambda p, z, y: losses.proxy_anchor_loss(z, y, p))
+      (loss, aux), grads = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+          pa_proxies, hier_proxies, z, y, key)
+
+  Args:
+    base_loss_fn: `(base_params, embeddings, labels) -> scalar`; `base_params` may be None.
+    lambda1: weight of the base loss (1).
+    lambda2: weight of HIER (0.5).
+    **hier_kwargs: keyword arguments of `hier_loss_and_aux` (c, margin, topk, ...).
+
+  Returns:
+    The combined loss function; aux holds "base_loss", "hier_loss" and HIER's diagnostics.
+  """
+  unknown = set(hier_kwargs) - _HIER_KWARGS
+  if unknown:
+    raise TypeError(f"unknown HIER arguments {sorted(unknown)}; expected some of "
+                    f"{sorted(_HIER_KWARGS)}.")
+
+  def loss_fn(base_params, hier_proxies, embeddings, labels, key):
+    base = base_loss_fn(base_params, embeddings, labels)
+    h, aux = hier_loss_and_aux(hier_proxies, embeddings, labels, key, **hier_kwargs)
+    total = combine_losses(base, h, lambda1=lambda1, lambda2=lambda2)
+    return total, {"base_loss": base, "hier_loss": h, **aux}
+
+  return loss_fn
+
+
+# ------------------------------------------------------------------------------------------------
+# Hyperbolic ViT's pairwise cross-entropy
+# ------------------------------------------------------------------------------------------------
+
+
+def hyp_pairwise_ce_loss(
+    embeddings: Array,
+    *,
+    c: float = poincare.DEFAULT_C,
+    tau: float = 0.2,
+    reduction: str = "sum",
+) -> Array:
+  """Pairwise cross-entropy of Hyperbolic ViT (an NT-Xent over views, in the ball).
+
+  The batch holds n classes with m views each, `embeddings [n, m, d]` (row r = one class; a
+  flat batch laid out class by class is `z.reshape(n, m, d)`). With `s(a, b) = -d_c(a, b)` (the
+  dot product `a.b` when c = 0, Hyp-ViT's spherical mode), for each ordered pair of views
+  (i, j), i != j, `x0 = z[:, i]`, `x1 = z[:, j]`:
+
+      logits = [ s(x0, x1) / tau  |  s(x0, x0) / tau - 1e9 I ]      # [n, 2n]
+      l_ij = mean_r CE(logits_r, target r)
+
+  so row r's positive is its own class in view j and its negatives are the other classes in both
+  views (never another sample of its own class).
+
+  Args:
+    embeddings: [n, m, d] points of the ball (unit vectors when c = 0), m >= 2.
+    c: curvature parameter (0.1); 0 for the spherical (dot-product) variant.
+    tau: temperature (0.2 in both papers' code).
+    reduction: "sum" over the m (m - 1) ordered pairs (Hyp-ViT's train.py), "mean" over them, or
+      "hier" (the sum divided by m^2, as HIER's `SupCon`, whose counter also counts i = j).
+
+  Returns:
+    Scalar loss.
+
+  Reference: Ermolov et al., "Hyperbolic Vision Transformers: Combining Improvements in Metric
+  Learning", CVPR 2022.
+  """
+  _checks.check_rank(embeddings, 3, "embeddings", "[classes, views, dim]")
+  _checks.check_floating(embeddings, "embeddings")
+  _checks.one_of(reduction, ("sum", "mean", "hier"), "reduction")
+  if isinstance(c, (int, float)) and c < 0:
+    raise ValueError(f"`c` must be >= 0, got {c}.")
+  n, m, _ = embeddings.shape
+  if m < 2:
+    raise ValueError(f"need at least 2 views per class, got {m}.")
+  z = embeddings.astype(jnp.promote_types(embeddings.dtype, jnp.float32))
+  spherical = isinstance(c, (int, float)) and c == 0
+
+  def sim(a, b=None):
+    if spherical:
+      return a @ (a if b is None else b).T
+    return -poincare.dist_matrix(a, b, c=c)
+
+  eye = jnp.eye(n, dtype=bool)
+  total = 0.0
+  for i in range(m):
+    x0 = z[:, i]
+    s00 = sim(x0) / tau
+    s00 = jnp.where(eye, s00 - 1e9, s00)
+    for j in range(m):
+      if i == j:
+        continue
+      logits = jnp.concatenate([sim(x0, z[:, j]) / tau, s00], axis=1)
+      logp = jax.nn.log_softmax(logits, axis=1)
+      total = total - jnp.mean(jnp.diagonal(logp[:, :n]))
+  if reduction == "mean":
+    return total / (m * (m - 1))
+  if reduction == "hier":
+    return total / (m * m)
+  return total
