@@ -81,11 +81,18 @@ def cosine(q: Array, r: Array | None = None) -> Array:
 
 
 def squared_euclidean(q: Array, r: Array | None = None) -> Array:
-  """Squared Euclidean distances `|q_i - r_j|^2` (clipped at 0), shape [Q, R]."""
+  """Squared Euclidean distances `|q_i - r_j|^2` (clipped at 0), shape [Q, R].
+
+  With `r=None` the diagonal is exactly 0 (the expansion `|q|^2 + |q|^2 - 2 q.q` can leave a
+  rounding residue there, which a square root would magnify).
+  """
   _refs(q, r)
   qq = jnp.sum(jnp.square(q), axis=1)[:, None]
   rr = qq.T if r is None else jnp.sum(jnp.square(r), axis=1)[None, :]
-  return jnp.maximum(qq + rr - 2.0 * _inner(q, r), 0.0)
+  d2 = jnp.maximum(qq + rr - 2.0 * _inner(q, r), 0.0)
+  if r is None:
+    d2 = jnp.where(jnp.eye(q.shape[0], dtype=bool), 0.0, d2)
+  return d2
 
 
 def neg_squared_euclidean(q: Array, r: Array | None = None) -> Array:

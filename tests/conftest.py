@@ -11,7 +11,7 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
 
 import types  # noqa: E402
-from typing import NamedTuple
+from typing import NamedTuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
