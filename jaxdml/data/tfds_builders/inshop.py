@@ -77,7 +77,7 @@ class DeepfashionInshop(tfds.core.GeneratorBasedBuilder):
   with `img.zip` extracted in place)::
 
     <manual_dir>/
-      img/<GROUP>/<Cat>/id_XXXXXXXX/<image>.jpg   e.g. img/MEN/Denim/id_00000080/01_1_front.jpg
+      img/<GROUP>/<Cat>/id_<8 digits>/<image>.jpg   e.g. img/MEN/Denim/id_00000080/01_1_front.jpg
       Eval/list_eval_partition.txt
 
   `list_eval_partition.txt` has the number of images on its first line, the column names
@@ -86,7 +86,7 @@ class DeepfashionInshop(tfds.core.GeneratorBasedBuilder):
   to `<manual_dir>`.
 
   Splits: train, query, gallery (in file order). Features: image, image/filename (as listed),
-  item_id (the integer of "id_XXXXXXXX").
+  item_id (the integer of "id_<8 digits>").
   """
 
   VERSION = tfds.core.Version("1.0.0")
