@@ -8,8 +8,10 @@ Each group runs the same optimiser kind with its own learning rate (a multiple o
 as in Proxy-Anchor's recipe: proxies at 100x) and its own weight decay. Parameters whose path
 matches one of `frozen_patterns` (e.g. the scale/bias of frozen batch norm) form a fourth group,
 "frozen", that is never updated: no gradient step and no weight decay (a coupled L2 penalty
-would otherwise move them under Adam). The backbone group can be
-frozen for the first steps (Proxy-Anchor's warm-up epochs train only the head and the proxies):
+would otherwise move them under Adam). A loss-parameter entry can get a group of its own, named
+"loss/<key>" after its key in the loss parameters (HIER: hierarchical proxies at 50x while the
+class proxies of its base loss run at another rate): `lr_mult={"loss": 1e4, "loss/hier": 50}`.
+The backbone group can be frozen for the first steps (Proxy-Anchor's warm-up epochs train only the head and the proxies):
 frozen means no update *and* no optimiser-state change, as with `requires_grad=False`.
 """
 
@@ -75,9 +77,10 @@ class OptimizerSpec:
       raise ValueError(f"schedule must be constant, cosine or step, got {self.schedule!r}.")
     if not self.learning_rate > 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
-    unknown = set(self.lr_mult) - set(GROUPS)
+    unknown = {g for g in self.lr_mult if g not in GROUPS and not g.startswith("loss/")}
     if unknown:
-      raise ValueError(f"lr_mult has unknown groups {sorted(unknown)}; groups are {GROUPS}.")
+      raise ValueError(f"lr_mult has unknown groups {sorted(unknown)}; groups are {GROUPS} "
+                       "and 'loss/<key>'.")
     if self.schedule == "cosine" and self.total_steps <= 0:
       raise ValueError("the cosine schedule needs total_steps > 0.")
     for name in ("warmup_steps", "freeze_backbone_steps"):
@@ -143,8 +146,12 @@ def frozen_for(inner: optax.GradientTransformation, steps: int) -> optax.Gradien
   return optax.GradientTransformation(init, update)
 
 
-def param_labels(params: Any, frozen_patterns: tuple[str, ...] = ()) -> Any:
-  """Group label of every leaf of `{"model": ..., "loss": ...}` (see the module docstring)."""
+def param_labels(params: Any, frozen_patterns: tuple[str, ...] = (),
+                 loss_groups: tuple[str, ...] = ()) -> Any:
+  """Group label of every leaf of `{"model": ..., "loss": ...}` (see the module docstring).
+
+  `loss_groups`: "loss/<key>" groups; loss parameters under `<key>` get that label.
+  """
   frozen = [re.compile(p) for p in frozen_patterns]
 
   def label(path, _):
@@ -152,7 +159,8 @@ def param_labels(params: Any, frozen_patterns: tuple[str, ...] = ()) -> Any:
     if any(f.search("/".join(keys)) for f in frozen):
       return "frozen"
     if keys and keys[0] == "loss":
-      return "loss"
+      own = f"loss/{keys[1]}" if len(keys) > 1 else None
+      return own if own in loss_groups else "loss"
     return "backbone" if "backbone" in keys else "head"
 
   return jax.tree_util.tree_map_with_path(label, params)
@@ -164,7 +172,11 @@ def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
   mult = {"backbone": 1.0, "head": 1.0, "loss": 1.0, **spec.lr_mult}
   wd = {"backbone": spec.weight_decay, "head": spec.weight_decay,
         "loss": spec.weight_decay if spec.loss_weight_decay is None else spec.loss_weight_decay}
-  transforms = {g: _base(spec, make_schedule(spec, mult[g]), wd[g]) for g in GROUPS}
+  loss_groups = tuple(g for g in spec.lr_mult if g.startswith("loss/"))
+  for g in loss_groups:
+    wd[g] = wd["loss"]
+  transforms = {g: _base(spec, make_schedule(spec, mult[g]), wd[g])
+                for g in (*GROUPS, *loss_groups)}
   transforms["backbone"] = frozen_for(transforms["backbone"], spec.freeze_backbone_steps)
   transforms["frozen"] = optax.set_to_zero()
   chain = []
@@ -173,5 +185,6 @@ def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
   if spec.clip_norm is not None:
     chain.append(optax.clip_by_global_norm(spec.clip_norm))
   chain.append(optax.partition(
-      transforms, functools.partial(param_labels, frozen_patterns=spec.frozen_patterns)))
+      transforms, functools.partial(param_labels, frozen_patterns=spec.frozen_patterns,
+                                    loss_groups=loss_groups)))
   return optax.chain(*chain)

@@ -134,3 +134,19 @@ def test_frozen_patterns_never_move():
   u, _ = tx.update(jax.tree.map(jnp.zeros_like, p), state, p)  # weight decay alone
   assert float(jnp.abs(u["model"]["backbone"]["layer1_0"]["bn1"]["scale"]).max()) == 0.0
   assert float(jnp.abs(u["model"]["backbone"]["layer1_0"]["conv1"]["kernel"]).max()) > 0.0
+
+
+def test_loss_sub_groups():
+  p = {"model": {"head": {"kernel": jnp.ones((2,))}},
+       "loss": {"proxies": jnp.ones((3, 2)), "hier": jnp.ones((4, 2))}}
+  spec = OptimizerSpec(optimizer="sgd", learning_rate=0.1, weight_decay=0.0,
+                       lr_mult={"loss": 1e4, "loss/hier": 50.0})
+  assert param_labels(p, loss_groups=("loss/hier",))["loss"] == {"proxies": "loss",
+                                                                  "hier": "loss/hier"}
+  tx = make_optimizer(spec)
+  u, _ = tx.update(jax.tree.map(jnp.ones_like, p), tx.init(p), p)
+  np.testing.assert_allclose(u["loss"]["proxies"], -1e3, rtol=1e-6)
+  np.testing.assert_allclose(u["loss"]["hier"], -5.0, rtol=1e-6)
+  np.testing.assert_allclose(u["model"]["head"]["kernel"], -0.1, rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown groups"):
+    make_optimizer(OptimizerSpec(lr_mult={"proxy/hier": 2.0}))
