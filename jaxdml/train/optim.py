@@ -11,8 +11,9 @@ matches one of `frozen_patterns` (e.g. the scale/bias of frozen batch norm) form
 would otherwise move them under Adam). A loss-parameter entry can get a group of its own, named
 "loss/<key>" after its key in the loss parameters (HIER: hierarchical proxies at 50x while the
 class proxies of its base loss run at another rate): `lr_mult={"loss": 1e4, "loss/hier": 50}`.
-The backbone group can be frozen for the first steps (Proxy-Anchor's warm-up epochs train only the head and the proxies):
-frozen means no update *and* no optimiser-state change, as with `requires_grad=False`.
+The backbone group can be frozen for the first steps (Proxy-Anchor's warm-up epochs train only
+the head and the proxies): frozen means no update *and* no optimiser-state change, as with
+`requires_grad=False`.
 """
 
 from __future__ import annotations
