@@ -88,6 +88,21 @@ def prepare_workdir(config: TrainConfig, eval_only: bool) -> int | None:
   return step
 
 
+def train_from_config(config: TrainConfig, *, model, objective, tx, batches, total_steps: int,
+                      sample, mesh, steps_per_epoch: int, eval_fn, progress: bool,
+                      load_pretrained=None):
+  """`trainer.train` with the run settings of `config` (checkpoints, evaluation, logging)."""
+  k = getattr(batches, "steps_per_item", 1)
+  every = lambda epochs: builders.epochs_to_steps(epochs, steps_per_epoch, k)
+  return train(model=model, objective=objective, tx=tx, batches=batches,
+               total_steps=total_steps, sample=sample, seed=config.seed, mesh=mesh,
+               workdir=config.workdir, checkpoint_every=every(config.checkpoint_every_epochs),
+               keep_checkpoints=config.keep_checkpoints, eval_fn=eval_fn,
+               eval_every=every(config.eval_every_epochs), log_every=config.log_every,
+               progress=progress, steps_per_epoch=steps_per_epoch,
+               tensorboard=config.tensorboard, load_pretrained=load_pretrained)
+
+
 def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = True,
                eval_only: bool = False) -> dict:
   """Trains and evaluates on the digit-pairs benchmark (shared/design/digits_benchmark.md)."""
@@ -136,16 +151,9 @@ def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
     emb = embedder.arrays(state.params, state.model_state, data.test_images)
     return leave_one_out_metrics(emb, data.test_labels, ks=ks, mesh=mesh)
 
-  result = train(model=model, objective=objective, tx=tx, batches=batches, total_steps=total,
-                 sample=data.train_images[:2], seed=config.seed, mesh=mesh,
-                 workdir=config.workdir,
-                 checkpoint_every=builders.epochs_to_steps(config.checkpoint_every_epochs,
-                                                           steps_per_epoch, k),
-                 keep_checkpoints=config.keep_checkpoints, eval_fn=eval_fn,
-                 eval_every=builders.epochs_to_steps(config.eval_every_epochs, steps_per_epoch,
-                                                     k),
-                 log_every=config.log_every, progress=progress, steps_per_epoch=steps_per_epoch,
-                 tensorboard=config.tensorboard)
+  result = train_from_config(config, model=model, objective=objective, tx=tx, batches=batches,
+                             total_steps=total, sample=data.train_images[:2], mesh=mesh,
+                             steps_per_epoch=steps_per_epoch, eval_fn=eval_fn, progress=progress)
   rows["trained"] = result.evals[-1][1]
   say("\nleave-one-out retrieval on the unseen test classes")
   say(format_table(rows))

@@ -25,8 +25,7 @@ from jaxdml.train import builders
 from jaxdml.train.config import TrainConfig
 from jaxdml.train.evaluate import Embedder, leave_one_out_metrics, query_gallery_metrics
 from jaxdml.train.inputs import Stacked
-from jaxdml.train.run import _say, format_table, prepare_workdir
-from jaxdml.train.trainer import train
+from jaxdml.train.run import _say, format_table, prepare_workdir, train_from_config
 
 LEVELS = ("fine", "middle", "coarse")
 
@@ -117,17 +116,11 @@ def run_images(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
         metrics[f"overall/{key}"] = float(np.mean(values))
     return metrics
 
-  result = train(model=model, objective=objective, tx=tx, batches=batches, total_steps=total,
-                 sample=np.zeros((2, config.image_size, config.image_size, 3), np.float32),
-                 seed=config.seed, mesh=mesh, workdir=config.workdir,
-                 checkpoint_every=builders.epochs_to_steps(config.checkpoint_every_epochs,
-                                                           steps_per_epoch, k),
-                 keep_checkpoints=config.keep_checkpoints, eval_fn=eval_fn,
-                 eval_every=builders.epochs_to_steps(config.eval_every_epochs, steps_per_epoch,
-                                                     k),
-                 log_every=config.log_every, progress=progress, steps_per_epoch=steps_per_epoch,
-                 tensorboard=config.tensorboard,
-                 load_pretrained=load_pretrained)
+  result = train_from_config(
+      config, model=model, objective=objective, tx=tx, batches=batches, total_steps=total,
+      sample=np.zeros((2, config.image_size, config.image_size, 3), np.float32), mesh=mesh,
+      steps_per_epoch=steps_per_epoch, eval_fn=eval_fn, progress=progress,
+      load_pretrained=load_pretrained)
   final = result.evals[-1][1]
   rows = {}
   for level, _, _ in plan or [("", "", ())]:
