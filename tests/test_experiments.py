@@ -88,7 +88,7 @@ def test_recipe_objective_runs(path):
   z = jax.random.normal(key, (12, config.embedding_dim))
   z = z / jnp.linalg.norm(z, axis=1, keepdims=True)
   y = jnp.repeat(jnp.arange(6), 2)
-  assert np.isfinite(float(objective.apply(params, z, y, key)))
+  assert np.isfinite(float(objective.apply(params, objective.init_state(), z, y, key)[0]))
 
 
 @pytest.mark.parametrize("path", [p for p in RECIPES if p.stem.startswith("proxy_anchor_")],

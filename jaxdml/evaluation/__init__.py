@@ -10,7 +10,10 @@ Check" (Musgrave et al., ECCV 2020). Typical use on a test set (leave-one-out re
 `sharded_knn` is `knn` with the references split across the devices of a mesh;
 `retrieval_metrics(..., mesh=mesh)` uses it.
 
-This layer depends only on `jaxdml.similarity`, JAX and NumPy.
+Embeddings in the Poincare ball (HIER, Hyp-ViT) are scored by hyperbolic distance with
+`retrieval_metrics(..., similarity="poincare", c=...)`.
+
+This layer depends only on `jaxdml.similarity`, `jaxdml.geometry`, JAX and NumPy.
 """
 
 from jaxdml.evaluation._clustering import clustering_f1, clustering_metrics, kmeans, nmi

@@ -27,6 +27,7 @@ from jax import lax
 from jaxdml import _checks
 from jaxdml import similarity as similarity_lib
 from jaxdml.evaluation import _search, _sharded
+from jaxdml.geometry import poincare
 
 Array = jax.Array
 
@@ -332,7 +333,10 @@ def mean_average_precision(
     ref_embeddings: [N, d] reference embeddings; None searches the queries among themselves,
       leaving each query out of its own ranking.
     ref_labels: [N] integer reference labels (given with `ref_embeddings`).
-    similarity: "cosine", "dot" or "neg_squared_euclidean".
+    similarity: "cosine", "dot", "neg_squared_euclidean", or "poincare" for embeddings in the
+      Poincare ball of curvature parameter `c` (HIER, Hyp-ViT): neighbours by hyperbolic
+      distance (`jaxdml.geometry.poincare.hyperbolic_knn`). The "poincare" search runs on one
+      device (`mesh` is not used) and gives no full-ranking "map".
     chunk_size: queries per step.
 
   Returns:
@@ -373,6 +377,7 @@ def retrieval_metrics(
     chunk_size: int = 1024,
     full_map: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    c: float = poincare.DEFAULT_C,
 ) -> dict[str, float]:
   """All retrieval metrics from one exact k-NN search (plus the full-ranking mAP).
 
@@ -388,7 +393,10 @@ def retrieval_metrics(
     ref_embeddings: [N, d] reference embeddings, or None (leave-one-out on the queries).
     ref_labels: [N] integer reference labels, given with `ref_embeddings`.
     ks: Recall@k cut-offs; a k above the number of candidates is clipped to it.
-    similarity: "cosine", "dot" or "neg_squared_euclidean".
+    similarity: "cosine", "dot", "neg_squared_euclidean", or "poincare" for embeddings in the
+      Poincare ball of curvature parameter `c` (HIER, Hyp-ViT): neighbours by hyperbolic
+      distance (`jaxdml.geometry.poincare.hyperbolic_knn`). The "poincare" search runs on one
+      device (`mesh` is not used) and gives no full-ranking "map".
     chunk_size: queries per search step (memory O(chunk_size x N)).
     full_map: also compute "map", the mAP over the full ranking (`mean_average_precision`). It
       scores every reference again and counts ranks, which costs about as much as the search
@@ -396,6 +404,7 @@ def retrieval_metrics(
     mesh: if given, the k-NN search splits the references over all devices of this mesh
       (`sharded_knn`), with the same results up to the order of exactly tied neighbours. The
       full-ranking "map" still runs on one device.
+    c: the ball's curvature parameter, for `similarity="poincare"` only.
 
   Returns:
     Python floats under "recall@<k>" for each k, "precision@1", "r_precision", "map@r" and,
@@ -413,6 +422,7 @@ def retrieval_metrics(
     ['map', 'map@r', 'precision@1', 'r_precision', 'recall@1', 'recall@2', 'recall@4', 'recall@8']
   """
   _check_pair(embeddings, labels, ref_embeddings, ref_labels)
+  _checks.one_of(similarity, (*similarity_lib.SIMILARITIES, "poincare"), "similarity")
   ks = tuple(ks)
   for k in ks:
     _search._check_int(k, "ks")
@@ -427,7 +437,12 @@ def retrieval_metrics(
   if num_candidates < 1:
     raise ValueError("retrieval metrics need at least one candidate reference per query.")
   k_search = min(max(max(ks), int(r.max()) if r.size else 1), num_candidates)
-  if mesh is None:
+  hyperbolic = similarity == "poincare"
+  if hyperbolic:
+    _, idx = poincare.hyperbolic_knn(jnp.asarray(embeddings), None if same else
+                                     jnp.asarray(ref_embeddings), k_search, c=c,
+                                     chunk_size=chunk_size)
+  elif mesh is None:
     _, idx = _search.knn(embeddings, ref_embeddings, k_search, similarity=similarity,
                          chunk_size=chunk_size)
   else:
@@ -439,7 +454,7 @@ def retrieval_metrics(
   out["precision@1"] = float(p1)
   out["r_precision"] = float(rp)
   out["map@r"] = float(mapr)
-  if full_map:
+  if full_map and not hyperbolic:
     out["map"] = mean_average_precision(embeddings, labels, ref_embeddings, ref_labels,
                                         similarity=similarity, chunk_size=max(1, chunk_size // 4))
   return out

@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdml.models.heads import EmbeddingHead
+
 Array = jax.Array
 
 
@@ -73,26 +75,52 @@ class SmallCNN(nn.Module):
   are [B, H, W] or [B, H, W, 1] images; outputs [B, embedding_dim]. `train` is accepted for the
   common model signature `model.apply(variables, x, train=...)` and changes nothing here (no
   batch norm, no dropout).
+
+  Like `EmbeddingModel` it splits at its last feature map: `method="features"` gives the pooled
+  [B, H/2, W/2, 64] map and `method="embed_features"` flattens and embeds one, so features can be
+  mixed in between (Metrix's feature mixup). The head is an `EmbeddingHead` with PyTorch's linear
+  initialisation; `hyperbolic=True` swaps it for the Poincare-ball head of HIER / Hyp-ViT (layer
+  norm without affine, orthogonal linear, `to_poincare` with curvature `poincare_c`).
+
+  Attributes:
+    embedding_dim: output size.
+    normalize: L2-normalise the output (Euclidean head).
+    conv_impl: "im2col" (fast on CPU) or "xla" (see `conv2d_same`).
+    hyperbolic: use the Poincare-ball head.
+    poincare_c, clip_r: the ball's curvature parameter and the feature-clipping radius.
   """
 
   embedding_dim: int = 128
   normalize: bool = True
   conv_impl: str = "im2col"
+  hyperbolic: bool = False
+  poincare_c: float = 0.1
+  clip_r: float = 2.3
 
-  @nn.compact
-  def __call__(self, x: Array, *, train: bool = False) -> Array:
+  def setup(self):
+    self.conv1 = Conv3x3(32, self.conv_impl)
+    self.conv2 = Conv3x3(64, self.conv_impl)
+    if self.hyperbolic:
+      self.head = EmbeddingHead(self.embedding_dim, normalize=False, pre_layer_norm=True,
+                                linear_init="orthogonal", poincare_c=self.poincare_c,
+                                clip_r=self.clip_r)
+    else:
+      self.head = EmbeddingHead(self.embedding_dim, normalize=self.normalize,
+                                linear_init="torch_linear")
+
+  def features(self, x: Array, *, train: bool = False) -> Array:
+    """[B, H, W(, 1)] images -> [B, H/2, W/2, 64] feature map."""
     del train
     if x.ndim == 3:
       x = x[..., None]
-    x = nn.relu(Conv3x3(32, self.conv_impl)(x))
-    x = nn.relu(Conv3x3(64, self.conv_impl)(x))
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = x.reshape(x.shape[0], -1)
-    fan_in = x.shape[-1]
-    bound = 1.0 / jnp.sqrt(fan_in)
-    init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
-                                                                   bound)
-    x = nn.Dense(self.embedding_dim, kernel_init=init, bias_init=init)(x)
-    if self.normalize:
-      x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
-    return x
+    x = nn.relu(self.conv1(x))
+    x = nn.relu(self.conv2(x))
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+  def embed_features(self, features: Array, *, train: bool = False) -> Array:
+    """[B, h, w, 64] feature map -> [B, embedding_dim] float32."""
+    del train
+    return self.head(features.reshape(features.shape[0], -1))
+
+  def __call__(self, x: Array, *, train: bool = False) -> Array:
+    return self.embed_features(self.features(x, train=train), train=train)

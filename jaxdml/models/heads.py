@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdml.geometry import poincare
+
 Array = jax.Array
 
 POOLING_METHODS = ("avg", "max", "avg+max", "gem", "cls", "tokens_avg")
@@ -92,34 +94,76 @@ def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
+HEAD_INITS = ("kaiming_fan_out", "torch_linear", "orthogonal")
+
+
+def _torch_linear_init(fan_in: int):
+  """PyTorch's `nn.Linear` default: kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / float(fan_in) ** 0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                  bound)
+
+
 class EmbeddingHead(nn.Module):
-  """Pooled features -> embedding: [linear] -> [layer norm] -> [L2 normalisation].
+  """Pooled features -> embedding: [layer norm] -> [linear] -> [layer norm] -> L2 norm or ball.
+
+  The Euclidean head of Proxy-Anchor / multi-similarity is the default (linear, kaiming-normal
+  fan_out, L2-normalised). The hyperbolic head of Hyp-ViT and HIER is
+  `EmbeddingHead(pre_layer_norm=True, linear_init="orthogonal", normalize=False, poincare_c=0.1)`:
+  LayerNorm without affine parameters, a linear layer with orthogonal kernel and zero bias, then
+  `jaxdml.geometry.poincare.to_poincare` (clip at `clip_r`, expmap0, projection, Riemannian
+  gradient), so the embeddings are points of the Poincare ball of curvature -c.
 
   Attributes:
-    embedding_dim: output size of the linear layer ("embedding": kernel kaiming-normal fan_out,
-      bias 0); None: no linear layer (identity).
+    embedding_dim: output size of the linear layer ("embedding"); None: no linear layer.
     layer_norm: apply a LayerNorm (eps 1e-5, as PyTorch's) after the linear layer.
-    normalize: L2-normalise the output.
+    normalize: L2-normalise the output (not with `poincare_c`).
     dtype: computation dtype of the linear layer; the output is float32.
+    pre_layer_norm: a LayerNorm without scale and bias before the linear layer (HIER's head).
+    linear_init: the linear layer's initialisation: "kaiming_fan_out" (kernel N(0, 2 / embedding_dim),
+      bias 0; Proxy-Anchor), "torch_linear" (PyTorch's default, U(+-1/sqrt(fan_in)) for kernel
+      and bias) or "orthogonal" (orthogonal kernel, bias 0; Hyp-ViT and HIER).
+    poincare_c: map the output into the Poincare ball of this curvature parameter (None:
+      Euclidean output).
+    clip_r: feature-clipping radius before the exponential map (2.3, as Hyp-ViT and HIER).
   """
 
   embedding_dim: int | None = 512
   layer_norm: bool = False
   normalize: bool = True
   dtype: Any = jnp.float32
+  pre_layer_norm: bool = False
+  linear_init: str = "kaiming_fan_out"
+  poincare_c: float | None = None
+  clip_r: float | None = 2.3
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """[B, D] -> [B, embedding_dim or D] float32."""
+    if self.linear_init not in HEAD_INITS:
+      raise ValueError(f"init must be one of {HEAD_INITS}, got {self.linear_init!r}.")
+    if self.poincare_c is not None and self.normalize:
+      raise ValueError("a Poincare-ball head (poincare_c) cannot also L2-normalise; set "
+                       "normalize=False.")
+    if self.pre_layer_norm:
+      x = nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, dtype=jnp.float32,
+                       name="pre_layer_norm")(x.astype(jnp.float32))
     if self.embedding_dim is not None:
+      if self.linear_init == "kaiming_fan_out":
+        kernel_init, bias_init = embedding_init, nn.initializers.zeros
+      elif self.linear_init == "orthogonal":
+        kernel_init, bias_init = nn.initializers.orthogonal(), nn.initializers.zeros
+      else:
+        kernel_init = bias_init = _torch_linear_init(x.shape[-1])
       x = nn.Dense(self.embedding_dim, dtype=self.dtype, param_dtype=jnp.float32,
-                   kernel_init=embedding_init, bias_init=nn.initializers.zeros,
-                   name="embedding")(x)
+                   kernel_init=kernel_init, bias_init=bias_init, name="embedding")(x)
     x = x.astype(jnp.float32)
     if self.layer_norm:
       x = nn.LayerNorm(epsilon=1e-5, name="layer_norm")(x)
     if self.normalize:
       x = l2_normalize(x)
+    if self.poincare_c is not None:
+      x = poincare.to_poincare(x, c=self.poincare_c, clip_r=self.clip_r, riemannian=True)
     return x
 
 
@@ -138,6 +182,8 @@ class EmbeddingModel(nn.Module):
     embedding_dim, layer_norm, normalize: see `EmbeddingHead` (512, False, True).
     gem_p: initial GeM exponent (pooling "gem").
     dtype: computation dtype of the head's linear layer.
+    pre_layer_norm, head_init, poincare_c, clip_r: `EmbeddingHead`'s `pre_layer_norm`, `linear_init`,
+      `poincare_c` and `clip_r` (the hyperbolic head of HIER / Hyp-ViT).
   """
 
   backbone: nn.Module
@@ -147,6 +193,10 @@ class EmbeddingModel(nn.Module):
   normalize: bool = True
   gem_p: float = 3.0
   dtype: Any = jnp.float32
+  pre_layer_norm: bool = False
+  head_init: str = "kaiming_fan_out"
+  poincare_c: float | None = None
+  clip_r: float | None = 2.3
 
   def setup(self):
     if self.pooling not in POOLING_METHODS:
@@ -154,7 +204,9 @@ class EmbeddingModel(nn.Module):
     if self.pooling == "gem":
       self.gem = GeM(p_init=self.gem_p)
     self.head = EmbeddingHead(embedding_dim=self.embedding_dim, layer_norm=self.layer_norm,
-                              normalize=self.normalize, dtype=self.dtype)
+                              normalize=self.normalize, dtype=self.dtype,
+                              pre_layer_norm=self.pre_layer_norm, linear_init=self.head_init,
+                              poincare_c=self.poincare_c, clip_r=self.clip_r)
 
   def features(self, x: Array, *, train: bool) -> Array:
     """Backbone feature map of inputs, e.g. [B, H, W, 3] -> [B, h, w, C]."""

@@ -7,25 +7,43 @@ import math
 import jax.numpy as jnp
 
 from jaxdml.train.config import TrainConfig
-from jaxdml.train.objectives import Objective, make_objective
+from jaxdml.train.objectives import Objective, hier_settings, make_objective
 from jaxdml.train.optim import FROZEN_BN_PATTERNS, OptimizerSpec, make_optimizer
 from jaxdml.train.step import make_mesh
+
+
+def hier_config(config: TrainConfig) -> dict | None:
+  """The HIER settings of `config`, with the ball of its hyperbolic head (c, clip_r)."""
+  if config.hier is None:
+    return None
+  return {"c": config.poincare_c, "clip_r": config.clip_r, **config.hier}
 
 
 def build_objective(config: TrainConfig, num_classes: int) -> Objective:
   return make_objective(config.canonical_loss, num_classes=num_classes,
                         dim=config.embedding_dim, loss_kwargs=config.loss_kwargs,
-                        miner=config.miner, miner_kwargs=config.miner_kwargs)
+                        miner=config.miner, miner_kwargs=config.miner_kwargs, das=config.das,
+                        metrix=config.metrix, hier=hier_config(config))
+
+
+def eval_similarity(config: TrainConfig) -> dict:
+  """Keyword arguments of the retrieval metrics: hyperbolic distance for a hyperbolic head."""
+  if config.head == "hyperbolic":
+    return {"similarity": "poincare", "c": config.poincare_c}
+  return {}
 
 
 def optimizer_spec(config: TrainConfig, steps_per_epoch: int) -> OptimizerSpec:
   """The optimiser of `config`, with its epoch-based schedule converted to steps."""
   total = config.epochs * steps_per_epoch
+  lr_mult = {"backbone": config.backbone_lr_mult, "head": config.head_lr_mult,
+             "loss": config.loss_lr_mult}
+  if config.hier is not None:
+    lr_mult["loss/hier"] = float(hier_settings(config.hier)["lr_mult"])
   return OptimizerSpec(
       optimizer=config.optimizer, learning_rate=config.learning_rate,
       weight_decay=config.weight_decay,
-      lr_mult={"backbone": config.backbone_lr_mult, "head": config.head_lr_mult,
-               "loss": config.loss_lr_mult},
+      lr_mult=lr_mult,
       loss_weight_decay=config.loss_weight_decay, schedule=config.schedule,
       warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)), total_steps=total,
       decay_steps=tuple(int(e) * steps_per_epoch for e in config.lr_decay_epochs),
@@ -63,14 +81,20 @@ def build_model(config: TrainConfig):
     if config.pretrained:
       raise ValueError("the small CNN has no pretrained weights; unset config.pretrained.")
     return SmallCNN(embedding_dim=config.embedding_dim, normalize=config.normalize_embeddings,
-                    conv_impl=config.conv_impl), (lambda v: v)
+                    conv_impl=config.conv_impl, hyperbolic=config.head == "hyperbolic",
+                    poincare_c=config.poincare_c, clip_r=config.clip_r), (lambda v: v)
   from jaxdml import models  # noqa: PLC0415
   backbone, load = models.backbone_from_name(config.model, frozen_bn=config.frozen_bn,
                                              dtype=dtype)
   pooling = config.pooling or ("cls" if "patch16" in config.model else "avg")
+  head = {}
+  if config.head == "hyperbolic":  # HIER / Hyp-ViT: LayerNorm -> orthogonal linear -> ball
+    head = {"pre_layer_norm": True, "head_init": "orthogonal", "normalize": False,
+            "poincare_c": config.poincare_c, "clip_r": config.clip_r}
   model = models.EmbeddingModel(backbone=backbone, pooling=pooling,
                                 embedding_dim=config.embedding_dim, layer_norm=config.layer_norm,
-                                normalize=config.normalize_embeddings)
+                                normalize=config.normalize_embeddings,
+                                **head)
 
   def load_pretrained(variables):
     if not config.pretrained:

@@ -13,10 +13,19 @@ import dataclasses
 import json
 from typing import Any
 
-from jaxdml.train.objectives import ALIASES, PROXY_LOSSES, names
+from jaxdml.train.objectives import (
+    ALIASES,
+    METRIX_KINDS,
+    PROXY_LOSSES,
+    das_settings,
+    hier_settings,
+    metrix_settings,
+    names,
+)
 
 DATASETS = ("digit_pairs", "cub200", "cars196", "sop", "inshop", "image_folder", "dyml_vehicle",
             "dyml_animal", "dyml_product")
+HEADS = ("linear", "hyperbolic")
 MODELS = ("small_cnn", "resnet18", "resnet34", "resnet50", "resnet101", "bn_inception",
           "vit_small_patch16", "deit_small_patch16")
 
@@ -56,11 +65,18 @@ class TrainConfig:
   normalize_embeddings: bool = True
   compute_dtype: str = "float32"  # or "bfloat16"
   conv_impl: str = "im2col"  # small_cnn only
+  head: str = "linear"  # "linear" (L2-normalised) or "hyperbolic" (Poincare ball: HIER, Hyp-ViT)
+  poincare_c: float = 0.1  # curvature parameter of the hyperbolic head's ball
+  clip_r: float = 2.3  # feature clipping of the hyperbolic head
   # --- objective
   loss: str = "multi_similarity"
   loss_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
   miner: str | None = None
   miner_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  # seed methods (jaxdml.train.objectives): None = off, a dict of settings = on ({} = defaults)
+  das: dict[str, Any] | None = None  # Densely-Anchored Sampling, e.g. {"recipe": [...]}
+  metrix: dict[str, Any] | None = None  # mixup, e.g. {"location": "feature"}
+  hier: dict[str, Any] | None = None  # hierarchical proxies; needs head="hyperbolic"
   # --- optimiser (see jaxdml.train.optim)
   optimizer: str = "adamw"
   learning_rate: float = 1e-3
@@ -139,5 +155,19 @@ class TrainConfig:
       value = getattr(self, name)
       if value is not None and int(value) < 1:
         raise ValueError(f"config.{name} must be >= 1 or None, got {value}.")
+    if self.head not in HEADS:
+      raise ValueError(f"config.head must be one of {HEADS}, got {self.head!r}.")
+    if self.head == "hyperbolic" and not self.poincare_c > 0:
+      raise ValueError(f"config.poincare_c must be > 0, got {self.poincare_c}.")
+    if self.hier is not None and self.head != "hyperbolic":
+      raise ValueError("HIER places embeddings and proxies in the Poincare ball: set "
+                       "head='hyperbolic' with config.hier.")
+    if self.metrix is not None and self.canonical_loss not in METRIX_KINDS:
+      raise ValueError(f"Metrix is defined for the losses {sorted(METRIX_KINDS)}, got "
+                       f"{self.loss!r}.")
+    for name, check in (("das", das_settings), ("metrix", metrix_settings),
+                        ("hier", hier_settings)):
+      if getattr(self, name) is not None:
+        check(getattr(self, name))
     if self.freeze_backbone_epochs < 0 or self.warmup_epochs < 0:
       raise ValueError("config.freeze_backbone_epochs and warmup_epochs must be >= 0.")

@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxdml import evaluation
+from jaxdml.geometry import poincare
 from jaxdml.train.step import make_embed_fn, put_batch
 
 
@@ -76,30 +77,43 @@ class Embedder:
     return np.concatenate(embs), np.concatenate(labels)
 
 
+def _search_mesh(mesh: Mesh | None, similarity: str) -> Mesh | None:
+  if similarity == "poincare":  # the hyperbolic search runs on one device
+    return None
+  return mesh if mesh is not None and mesh.size > 1 else None
+
+
 def leave_one_out_metrics(embeddings: np.ndarray, labels: np.ndarray, *,
                           ks=(1, 2, 4, 8), seed: int = 0, clustering: bool = True,
-                          mesh: Mesh | None = None) -> dict[str, float]:
+                          mesh: Mesh | None = None, similarity: str = "cosine",
+                          c: float = 0.1) -> dict[str, float]:
   """Leave-one-out retrieval metrics and (optionally) clustering NMI / F1 of a labelled set.
 
   With a `mesh` of several devices the k-NN search is sharded over it (`sharded_knn`).
+  `similarity="poincare"`: the embeddings are points of the Poincare ball of curvature
+  parameter `c`, searched by hyperbolic distance (on one device) and clustered by k-means on
+  their tangent vectors at the origin (`logmap0`).
   """
   emb = jnp.asarray(embeddings, jnp.float32)
   lab = jnp.asarray(labels, jnp.int32)
-  mesh = mesh if mesh is not None and mesh.size > 1 else None
-  metrics = dict(evaluation.retrieval_metrics(emb, lab, ks=tuple(ks), mesh=mesh))
+  metrics = dict(evaluation.retrieval_metrics(emb, lab, ks=tuple(ks),
+                                              mesh=_search_mesh(mesh, similarity),
+                                              similarity=similarity, c=c))
   if clustering:
-    metrics.update(evaluation.clustering_metrics(emb, lab, seed=seed))
+    flat = poincare.logmap0(emb, c=c) if similarity == "poincare" else emb
+    metrics.update(evaluation.clustering_metrics(flat, lab, seed=seed))
   return {k: float(v) for k, v in metrics.items()}
 
 
 def query_gallery_metrics(query_emb: np.ndarray, query_labels: np.ndarray,
                           gallery_emb: np.ndarray, gallery_labels: np.ndarray, *,
-                          ks=(1, 10, 20), mesh: Mesh | None = None) -> dict[str, float]:
-  """Retrieval metrics of queries against a separate gallery (In-shop, DyML)."""
-  mesh = mesh if mesh is not None and mesh.size > 1 else None
+                          ks=(1, 10, 20), mesh: Mesh | None = None,
+                          similarity: str = "cosine", c: float = 0.1) -> dict[str, float]:
+  """Retrieval metrics of queries against a separate gallery (In-shop, DyML); `similarity` and
+  `c` as in `leave_one_out_metrics`."""
   metrics = evaluation.retrieval_metrics(
       jnp.asarray(query_emb, jnp.float32), jnp.asarray(query_labels, jnp.int32),
       jnp.asarray(gallery_emb, jnp.float32), jnp.asarray(gallery_labels, jnp.int32),
-      ks=tuple(ks), mesh=mesh)
+      ks=tuple(ks), mesh=_search_mesh(mesh, similarity), similarity=similarity, c=c)
   return {k: float(v) for k, v in metrics.items()}
 

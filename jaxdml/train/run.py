@@ -132,7 +132,7 @@ def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
   tx = builders.build_optimizer(config, steps_per_epoch)
   say(f"digit pairs: {len(data.train_images)} train images of {len(classes)} classes, "
       f"{len(data.test_images)} test images of {len(np.unique(data.test_labels))} unseen classes")
-  say(f"loss {objective.name}" + (f" + miner {config.miner}" if config.miner else "") +
+  say(f"objective {objective.name}" + (f" + miner {config.miner}" if config.miner else "") +
       f", {config.epochs} epochs of {steps_per_epoch} batches of "
       f"{config.classes_per_batch}x{config.per_class} on {mesh.size} device(s)")
 
@@ -145,11 +145,13 @@ def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
     variables = dict(model.init(jax.random.PRNGKey(config.seed), data.test_images[:2]))
     params = {"model": variables.pop("params")}
     rows["untrained"] = leave_one_out_metrics(
-        embedder.arrays(params, variables, data.test_images), data.test_labels, ks=ks)
+        embedder.arrays(params, variables, data.test_images), data.test_labels, ks=ks,
+        **builders.eval_similarity(config))
 
   def eval_fn(state):
     emb = embedder.arrays(state.params, state.model_state, data.test_images)
-    return leave_one_out_metrics(emb, data.test_labels, ks=ks, mesh=mesh)
+    return leave_one_out_metrics(emb, data.test_labels, ks=ks, mesh=mesh,
+                                 **builders.eval_similarity(config))
 
   result = train_from_config(config, model=model, objective=objective, tx=tx, batches=batches,
                              total_steps=total, sample=data.train_images[:2], mesh=mesh,
@@ -166,7 +168,8 @@ def run_digits(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
     gray = np.clip(data.test_images * 255, 0, 255).astype(np.uint8)
     image = lambda i: np.repeat(gray[i][..., None], 3, -1)
     save_retrieval_grid(os.path.join(config.workdir, "retrieval.png"), emb, data.test_labels,
-                        emb, data.test_labels, image, image, same_set=True)
+                        emb, data.test_labels, image, image, same_set=True,
+                        **builders.eval_similarity(config))
     say(f"checkpoints, metrics.jsonl, TensorBoard events and curves.png in "
         f"{os.path.abspath(config.workdir)}")
   return {"metrics": rows, "train_seconds": result.seconds,

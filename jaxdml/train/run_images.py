@@ -94,6 +94,8 @@ def run_images(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
                           normalization=norm, num_workers=config.num_workers)
     return embedder.loader(state.params, state.model_state, it)
 
+  similarity = builders.eval_similarity(config)
+
   def eval_fn(state):
     metrics = {}
     for level, kind, splits in plan:
@@ -101,12 +103,12 @@ def run_images(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
       if kind == "loo":
         emb, lab = embed(state, splits[0])
         m = leave_one_out_metrics(emb, lab, ks=ks, seed=config.seed, mesh=mesh,
-                                  clustering=len(lab) <= 20_000)
+                                  clustering=len(lab) <= 20_000, **similarity)
         last[level] = (emb, lab, emb, lab, splits[0], splits[0])
       else:
         q, ql = embed(state, splits[0])
         g, gl = embed(state, splits[1])
-        m = query_gallery_metrics(q, ql, g, gl, ks=ks, mesh=mesh)
+        m = query_gallery_metrics(q, ql, g, gl, ks=ks, mesh=mesh, **similarity)
         last[level] = (q, ql, g, gl, splits[0], splits[1])
       metrics.update({prefix + key: v for key, v in m.items()})
     if len(plan) > 1:
@@ -134,7 +136,8 @@ def run_images(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
     getter = lambda src: lambda i: transforms.resize_center_crop(
         transforms.as_rgb_uint8(src[i]["image"]), config.image_size, config.resize_size)
     save_retrieval_grid(path, *last[level][:4], getter(sources[last[level][4]]),
-                        getter(sources[last[level][5]]), same_set=plan[0][1] == "loo")
+                        getter(sources[last[level][5]]), same_set=plan[0][1] == "loo",
+                        **similarity)
     say(f"retrieval examples in {path}")
   return {"metrics": final, "train_seconds": result.seconds,
           "compile_seconds": result.compile_seconds, "losses": result.losses,
@@ -143,7 +146,8 @@ def run_images(config: TrainConfig, *, progress: bool = True, verbose: bool = Tr
 
 
 def save_retrieval_grid(path, q_emb, q_lab, g_emb, g_lab, q_image, g_image, *, same_set: bool,
-                        num_queries: int = 8, k: int = 5) -> str:
+                        num_queries: int = 8, k: int = 5, similarity: str = "cosine",
+                        c: float = 0.1) -> str:
   """Draws queries and their top-k retrievals (green right, red wrong).
 
   Args:
@@ -153,12 +157,18 @@ def save_retrieval_grid(path, q_emb, q_lab, g_emb, g_lab, q_image, g_image, *, s
     same_set: leave-one-out (the gallery is the query set; the query is left out of its list).
     num_queries: rows, spread evenly over the queries.
     k: neighbours per row.
+    similarity, c: "cosine", or "poincare" (hyperbolic distance in the ball of parameter c).
   """
   from jaxdml.train.plots import retrieval_grid  # noqa: PLC0415
   k = min(k, len(g_lab) - (1 if same_set else 0))
   qi = np.linspace(0, len(q_lab) - 1, min(num_queries, len(q_lab))).astype(int)
   q = np.asarray(q_emb, np.float32)[qi]
-  _, nn_idx = evaluation.knn(q, np.asarray(g_emb, np.float32), k=k + (1 if same_set else 0))
+  g = np.asarray(g_emb, np.float32)
+  if similarity == "poincare":
+    from jaxdml.geometry import poincare  # noqa: PLC0415
+    _, nn_idx = poincare.hyperbolic_knn(q, g, k + (1 if same_set else 0), c=c)
+  else:
+    _, nn_idx = evaluation.knn(q, g, k=k + (1 if same_set else 0), similarity=similarity)
   nn_idx = np.asarray(nn_idx)
   if same_set:  # leave-one-out: drop the query itself from its list
     nn_idx = np.stack([row[row != i][:k] for row, i in zip(nn_idx, qi, strict=True)])

@@ -30,6 +30,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxdml.methods import metrix
+
 Array = jax.Array
 
 
@@ -39,6 +41,7 @@ class TrainState(NamedTuple):
   Attributes:
     params: `{"model": model params, "loss": loss params (proxies, learnable margins)}`.
     model_state: the model's mutable collections, e.g. `{"batch_stats": ...}` ({} if none).
+    loss_state: the objective's state (`objective.init_state()`, e.g. DAS's memory; {} if none).
     opt_state: optimiser state.
     step: number of updates applied.
     key: PRNG key (raw uint32 key data) for the loss, miners and dropout.
@@ -47,6 +50,7 @@ class TrainState(NamedTuple):
 
   params: Any
   model_state: Any
+  loss_state: Any
   opt_state: Any
   step: Array
   key: Array
@@ -99,7 +103,8 @@ def init_state(key: Array, model: nn.Module, objective, sample: Array,
     variables = load_pretrained(variables)
   variables = dict(variables)
   params = {"model": variables.pop("params"), "loss": jax.jit(objective.init)(k_loss)}
-  state = TrainState(params, variables, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32), k_run,
+  state = TrainState(params, variables, jax.jit(objective.init_state)(),
+                     jax.jit(tx.init)(params), jnp.zeros((), jnp.int32), k_run,
                      jnp.full((), -1, jnp.int32))
   if mesh is not None:
     state = jax.device_put(state, replicated(mesh))
@@ -113,7 +118,12 @@ def make_train_step(model: nn.Module, objective, tx: optax.GradientTransformatio
 
   Args:
     model: Flax module; `apply(variables, images, train=True, mutable=[...], rngs=...)`.
-    objective: `Objective` whose `apply(loss_params, embeddings, labels, key)` is the loss.
+    objective: `jaxdml.train.objectives.Objective`: `apply(loss_params, loss_state, embeddings,
+      labels, key, embed_mixed)` gives the loss, the new loss state and diagnostics. When
+      `objective.mixup` is "input" or "feature" the step gives it `embed_mixed(pairs)`, the
+      embeddings of mixed images or mixed feature maps (`model.features` /
+      `model.embed_features`); every forward pass of the step threads the model's mutable
+      state (batch-norm statistics) on to the next.
     tx: optimiser over `state.params`.
     mesh: the data-parallel mesh (see `make_mesh`).
     steps_per_call: > 1: the batch arrays are stacked [steps_per_call, B, ...] and the call runs
@@ -121,26 +131,52 @@ def make_train_step(model: nn.Module, objective, tx: optax.GradientTransformatio
     donate: donate the input state's buffers (the caller must not reuse `state`).
 
   Returns:
-    `step`; metrics are `{"loss": [steps_per_call] or scalar, "grad_norm": ...}` (device arrays).
+    `step`; metrics are `{"loss": [steps_per_call] or scalar, "grad_norm": ..., **aux}` (device
+    arrays; `aux` are the objective's diagnostics, e.g. "hier_loss").
   """
-  def loss_fn(params, model_state, images, labels, key):
+  mixup = getattr(objective, "mixup", None)
+  if mixup not in (None, "embedding", "input", "feature"):
+    raise ValueError(f"objective.mixup must be None, 'embedding', 'input' or 'feature', got "
+                     f"{mixup!r}.")
+
+  def loss_fn(params, model_state, loss_state, images, labels, key):
     k_drop, k_loss = jax.random.split(key)
     names = list(model_state.keys())
-    if names:
-      z, new_model_state = model.apply(model_variables(params, model_state), images, train=True,
-                                       mutable=names, rngs={"dropout": k_drop})
+    current = {"model_state": model_state}  # threaded through every forward pass of the step
+
+    def forward(x, method=None):
+      variables = model_variables(params, current["model_state"])
+      kwargs = {"train": True, "rngs": {"dropout": k_drop}}
+      if method is not None:
+        kwargs["method"] = method
+      if not names:
+        return model.apply(variables, x, **kwargs)
+      out, new_state = model.apply(variables, x, mutable=names, **kwargs)
+      current["model_state"] = dict(new_state)
+      return out
+
+    embed_mixed = None
+    if mixup == "feature":
+      features = forward(images, "features")
+      z = forward(features, "embed_features")
+      embed_mixed = lambda pairs: forward(metrix.mix_pairs(features, pairs), "embed_features")
     else:
-      z = model.apply(model_variables(params, model_state), images, train=True,
-                      rngs={"dropout": k_drop})
-      new_model_state = model_state
+      z = forward(images)
+      if mixup == "input":
+        embed_mixed = lambda pairs: forward(metrix.mix_pairs(images, pairs))
     z = z.astype(jnp.float32)
-    loss = objective.apply(params["loss"], z, labels, k_loss)
-    return loss, dict(new_model_state)
+    if embed_mixed is not None:
+      embed = embed_mixed
+      embed_mixed = lambda pairs: embed(pairs).astype(jnp.float32)
+    loss, new_loss_state, aux = objective.apply(params["loss"], loss_state, z, labels, k_loss,
+                                                embed_mixed=embed_mixed)
+    return loss, (current["model_state"], new_loss_state, aux)
 
   def one_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     key, sub = jax.random.split(state.key)
-    (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.model_state, batch["image"], batch["label"], sub)
+    (loss, (new_model_state, new_loss_state, aux)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params, state.model_state, state.loss_state,
+                               batch["image"], batch["label"], sub)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss)
@@ -148,9 +184,9 @@ def make_train_step(model: nn.Module, objective, tx: optax.GradientTransformatio
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
     new = TrainState(keep(params, state.params), keep(new_model_state, state.model_state),
-                     keep(opt_state, state.opt_state), state.step + ok.astype(jnp.int32),
-                     jnp.where(ok, key, state.key), bad_step)
-    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+                     keep(new_loss_state, state.loss_state), keep(opt_state, state.opt_state),
+                     state.step + ok.astype(jnp.int32), jnp.where(ok, key, state.key), bad_step)
+    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
 
   def call(state, batch):
     if steps_per_call == 1:

@@ -145,7 +145,7 @@ def train(*, model: nn.Module, objective, tx: optax.GradientTransformation, batc
   if start % k:
     raise ValueError(f"checkpoint step {start} is not a multiple of {k} steps per call.")
   losses, evals, call_times = [], [], []
-  pending: list[Any] = []  # device loss arrays not yet read back
+  pending: list[Any] = []  # (step, device metrics) not yet read back
   log_every = max(k, (log_every // k) * k)
   step = start
   t0 = time.perf_counter()
@@ -155,12 +155,15 @@ def train(*, model: nn.Module, objective, tx: optax.GradientTransformation, batc
     nonlocal pending
     if not pending:
       return
-    values = np.concatenate([np.atleast_1d(np.asarray(v)) for _, v in pending])
+    values = np.concatenate([np.atleast_1d(np.asarray(m["loss"])) for _, m in pending])
     losses.append(values)
     if logger is not None:
       last_step = pending[-1][0]
+      parts = {f"loss/{name}": float(np.nanmean(np.concatenate(
+          [np.atleast_1d(np.asarray(m[name])) for _, m in pending])))
+               for name in pending[-1][1] if name not in ("loss", "grad_norm")}
       logger.log(last_step, loss=float(np.mean(values[np.isfinite(values)]))
-                 if np.isfinite(values).any() else float("nan"))
+                 if np.isfinite(values).any() else float("nan"), **parts)
     pending = []
 
   def run_eval():
@@ -181,7 +184,7 @@ def train(*, model: nn.Module, objective, tx: optax.GradientTransformation, batc
         batch = put_batch(next(batches), mesh, stacked=k > 1)
         state, metrics = step_fn(state, batch)
         step += k
-        pending.append((step, metrics["loss"]))
+        pending.append((step, metrics))
         due_eval = eval_fn is not None and eval_every and step % eval_every == 0
         due_ckpt = ckpt is not None and checkpoint_every and step % checkpoint_every == 0
         if step % log_every == 0 or due_eval or due_ckpt or step >= total_steps:

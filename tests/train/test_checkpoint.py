@@ -11,7 +11,7 @@ from jaxdml.train.step import TrainState
 def state(value=1.0, step=0):
   p = {"model": {"w": jnp.full((3,), value)}, "loss": {}}
   tx = optax.adam(1e-3)
-  return TrainState(p, {}, tx.init(p), jnp.int32(step), jax.random.PRNGKey(0), jnp.int32(-1))
+  return TrainState(p, {}, {}, tx.init(p), jnp.int32(step), jax.random.PRNGKey(0), jnp.int32(-1))
 
 
 @pytest.mark.parametrize("data", [None, {"position": 7}, b'{"grain": [1, 2]}'])

@@ -126,9 +126,9 @@ def test_same_seed_same_result_and_stacking_does_not_change_training():
 def poisoned(bad_class=5):
   base = make_objective("multi_similarity", num_classes=6, dim=8)
 
-  def apply(params, z, labels, key):  # NaN as soon as a batch holds `bad_class`
-    loss = base.apply(params, z, labels, key)
-    return jnp.where(jnp.any(labels == bad_class), jnp.nan, loss)
+  def apply(params, state, z, labels, key, embed_mixed=None):  # NaN once a batch holds `bad_class`
+    loss, state, aux = base.apply(params, state, z, labels, key, embed_mixed)
+    return jnp.where(jnp.any(labels == bad_class), jnp.nan, loss), state, aux
 
   return Objective("poisoned", base.init, apply, False)
 
