@@ -120,9 +120,10 @@ class EmbeddingHead(nn.Module):
     normalize: L2-normalise the output (not with `poincare_c`).
     dtype: computation dtype of the linear layer; the output is float32.
     pre_layer_norm: a LayerNorm without scale and bias before the linear layer (HIER's head).
-    linear_init: the linear layer's initialisation: "kaiming_fan_out" (kernel N(0, 2 / embedding_dim),
-      bias 0; Proxy-Anchor), "torch_linear" (PyTorch's default, U(+-1/sqrt(fan_in)) for kernel
-      and bias) or "orthogonal" (orthogonal kernel, bias 0; Hyp-ViT and HIER).
+    linear_init: the linear layer's initialisation: "kaiming_fan_out" (kernel
+      N(0, 2 / embedding_dim), bias 0; Proxy-Anchor), "torch_linear" (PyTorch's default,
+      U(+-1/sqrt(fan_in)) for kernel and bias) or "orthogonal" (orthogonal kernel, bias 0;
+      Hyp-ViT and HIER).
     poincare_c: map the output into the Poincare ball of this curvature parameter (None:
       Euclidean output).
     clip_r: feature-clipping radius before the exponential map (2.3, as Hyp-ViT and HIER).
@@ -182,8 +183,8 @@ class EmbeddingModel(nn.Module):
     embedding_dim, layer_norm, normalize: see `EmbeddingHead` (512, False, True).
     gem_p: initial GeM exponent (pooling "gem").
     dtype: computation dtype of the head's linear layer.
-    pre_layer_norm, head_init, poincare_c, clip_r: `EmbeddingHead`'s `pre_layer_norm`, `linear_init`,
-      `poincare_c` and `clip_r` (the hyperbolic head of HIER / Hyp-ViT).
+    pre_layer_norm, head_init, poincare_c, clip_r: `EmbeddingHead`'s `pre_layer_norm`,
+      `linear_init`, `poincare_c` and `clip_r` (the hyperbolic head of HIER / Hyp-ViT).
   """
 
   backbone: nn.Module
