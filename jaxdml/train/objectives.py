@@ -177,7 +177,8 @@ def _core_loss(name: str, *, num_classes: int, dim: int, loss_kwargs: dict | Non
 
 DAS_KEYS = ("recipe", *das_lib.DASRecipe._fields)
 METRIX_KEYS = ("location", "alpha", "weight", "pairing", "num_positives", "num_negatives",
-               "num_mixed", "per_example_lambda", "own_anchor", "hard_negatives")
+               "num_mixed", "per_example_lambda", "own_anchor", "hard_negatives",
+               "anchor_neg_all")
 METRIX_LOCATIONS = ("input", "feature", "embedding")
 HIER_KEYS = ("num_proxies", "lambda1", "lambda2", "lr_mult", *sorted(hier_lib._HIER_KWARGS))
 
@@ -240,6 +241,7 @@ def metrix_settings(settings: dict) -> dict:
   s.setdefault("per_example_lambda", False)
   s.setdefault("own_anchor", True)
   s.setdefault("hard_negatives", True)
+  s.setdefault("anchor_neg_all", False)
   if s["pairing"] not in metrix_lib.PAIRINGS:
     raise ValueError(f"metrix pairing must be one of {metrix_lib.PAIRINGS}, got "
                      f"{s['pairing']!r}.")
@@ -348,7 +350,7 @@ def make_objective(name: str, *, num_classes: int, dim: int, loss_kwargs: dict |
       pairs = metrix_lib.select_pairs(
           y, 0.0, pairing=mx["pairing"], sim=sim, key=k_pairs,
           num_positives=mx["num_positives"], num_negatives=mx["num_negatives"],
-          num_mixed=mx["num_mixed"])
+          num_mixed=mx["num_mixed"], anchor_neg_all=mx["anchor_neg_all"])
       lam_shape = pairs.anchor.shape if mx["per_example_lambda"] else ()
       pairs = pairs._replace(lam=metrix_lib.sample_lambda(k_lam, mx["alpha"], lam_shape))
       if mx["location"] == "embedding":

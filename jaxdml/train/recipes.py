@@ -59,3 +59,105 @@ def multi_similarity(name: str, dataset: str, model: str, *, eval_every_epochs: 
       schedule="step", lr_decay_epochs=(16, 32), lr_decay_rate=0.1, warmup_epochs=0.0,
       freeze_backbone_epochs=0, clip_value=None, eval_every_epochs=eval_every_epochs,
       checkpoint_every_epochs=checkpoint_every_epochs, recall_ks=RECALL_KS[dataset])
+
+
+#: DAS's names of the datasets (the `--dataset` values of its scripts and `das.RECIPES`' keys).
+DAS_DATASETS = {"cub200": "cub200", "cars196": "cars196", "sop": "online_products"}
+
+
+def das(name: str, dataset: str, *, classes_per_batch: int = 56, weight_decay: float = 4e-4,
+        eval_every_epochs: int = 1, checkpoint_every_epochs: int = 10) -> TrainConfig:
+  """Multi-similarity + DAS (Liu et al., ECCV 2022), as the official Table 1 script runs it.
+
+  Shared values (table1.sh and the argparse defaults of scripts/parameters.py): ResNet-50 with
+  frozen batch norm, global average + max pooling (summed), a 512-d linear embedding
+  (L2-normalised); batches of `classes_per_batch` classes x 2 images; the multi-similarity loss
+  of the Revisiting-DML code base (pos weight 2, neg weight 40, threshold 0.5, pair mining
+  margin 0.1); Adam at 1e-5 with an L2 penalty of `weight_decay` on every parameter; 300 epochs
+  with the learning rate x 0.3 at epochs 200 and 250; DAS with the published Table 1 settings
+  (`das.das_recipe("table1", dataset, "multisimilarity")`: K = 8 scaled dimensions, 3 generated
+  embeddings per real one); random resized crop 224 for training, resize 256 + centre crop 224
+  for testing.
+  """
+  return TrainConfig(
+      name=name, dataset=dataset, image_size=224, resize_size=256, num_workers=8,
+      classes_per_batch=classes_per_batch, per_class=2, epochs=300, model="resnet50",
+      pretrained=None, embedding_dim=512, pooling="avg+max", frozen_bn=True,
+      loss="multi_similarity", loss_kwargs={"alpha": 2.0, "beta": 40.0, "base": 0.5},
+      miner="multi_similarity", miner_kwargs={"epsilon": 0.1},
+      das={"recipe": ["table1", DAS_DATASETS[dataset], "multisimilarity"]}, optimizer="adam",
+      learning_rate=1e-5, weight_decay=weight_decay, backbone_lr_mult=1.0, head_lr_mult=1.0,
+      loss_lr_mult=1.0, loss_weight_decay=None, schedule="step", lr_decay_epochs=(200, 250),
+      lr_decay_rate=0.3, warmup_epochs=0.0, freeze_backbone_epochs=0, clip_value=None,
+      eval_every_epochs=eval_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs,
+      recall_ks=RECALL_KS[dataset])
+
+
+def metrix(name: str, dataset: str, *, classes_per_batch: int, per_class: int,
+           learning_rate: float, decay_step: int, decay_rate: float, warm_epochs: int,
+           frozen_bn: bool, epochs: int = 100, eval_every_epochs: int = 1,
+           checkpoint_every_epochs: int = 10) -> TrainConfig:
+  """Multi-similarity + Metrix (Venkataramanan et al., ICLR 2022), the README's recipe.
+
+  Shared values: ResNet-50, global average + max pooling (summed), a 512-d linear embedding
+  (L2-normalised); the multi-similarity loss with alpha 2, beta 50, base 0.5 and its pair miner
+  (epsilon 0.1); Metrix on the last feature maps (`location="feature"`), lambda ~ Beta(2, 2),
+  one lambda per step, the mixed loss weighted 0.4, positive-negative or anchor-negative pairs
+  by a coin flip per step; Adam with an L2 penalty of 1e-4 on every parameter, one learning rate
+  for the backbone and the embedding, StepLR every `decay_step` epochs by `decay_rate`, the
+  backbone frozen for the `warm_epochs` first epochs, gradients clipped by value at 10; random
+  resized crop 224 for training, resize 256 + centre crop 224 for testing.
+  """
+  return TrainConfig(
+      name=name, dataset=dataset, image_size=224, resize_size=256, num_workers=8,
+      classes_per_batch=classes_per_batch, per_class=per_class, epochs=epochs, model="resnet50",
+      pretrained=None, embedding_dim=512, pooling="avg+max", frozen_bn=frozen_bn,
+      loss="multi_similarity", loss_kwargs={"alpha": 2.0, "beta": 50.0, "base": 0.5},
+      miner="multi_similarity", miner_kwargs={"epsilon": 0.1},
+      metrix={"location": "feature", "alpha": 2.0, "weight": 0.4, "pairing": "random",
+              "per_example_lambda": False},
+      optimizer="adam", learning_rate=learning_rate, weight_decay=1e-4, backbone_lr_mult=1.0,
+      head_lr_mult=1.0, loss_lr_mult=1.0, loss_weight_decay=None, schedule="step",
+      lr_decay_epochs=tuple(range(decay_step, epochs, decay_step)), lr_decay_rate=decay_rate,
+      warmup_epochs=0.0, freeze_backbone_epochs=warm_epochs, clip_value=10.0,
+      eval_every_epochs=eval_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs,
+      recall_ks=RECALL_KS[dataset])
+
+
+#: HIER's settings shared by every official script (hier/train.py arguments).
+HIER_SETTINGS = {"num_proxies": 512, "lambda1": 1.0, "lambda2": 0.5, "lr_mult": 50.0,
+                 "margin": 0.1, "tau": 0.1, "topk": 20, "triplets_per_anchor": 50}
+
+
+def hier(name: str, dataset: str, model: str, *, embedding_dim: int, learning_rate: float,
+         weight_decay: float, epochs: int, warm_epochs: int, head_lr_mult: float = 1.0,
+         decay_step: int | None = None, decay_rate: float = 1.0, eval_every_epochs: int = 1,
+         checkpoint_every_epochs: int = 10) -> TrainConfig:
+  """Proxy-Anchor + HIER (Kim et al., CVPR 2023), as the official scripts run it.
+
+  Shared values (scripts/*/hier_*.sh and hier/train.py): batches of 90 classes x 2 images (90
+  per GPU on 2 GPUs); the backbone's pooled features (ResNet-50: global average + max, summed,
+  batch norm frozen; ViT: the class token) through a LayerNorm without affine parameters, an
+  orthogonally initialised linear layer and the map into the Poincare ball (c 0.1, clip_r 2.3);
+  Proxy-Anchor on the cosine of the embeddings (alpha 32, margin 0.1) plus 0.5 x the HIER loss
+  (`HIER_SETTINGS`: 512 hierarchical proxies, margin 0.1, tau 0.1, top-20 reciprocal neighbours,
+  50 triplets per anchor); AdamW with `weight_decay` on every group, the class proxies at 1e4 x
+  and the hierarchical proxies at 50 x the learning rate, the head at `head_lr_mult` x; the
+  backbone frozen for the `warm_epochs` first epochs; StepLR every `decay_step` epochs by
+  `decay_rate` (None: constant); gradients clipped by value at 10; random resized crop 224 for
+  training, resize 256 + centre crop 224 for testing; retrieval by hyperbolic distance.
+  """
+  schedule = "constant" if decay_step is None else "step"
+  return TrainConfig(
+      name=name, dataset=dataset, image_size=224, resize_size=256, num_workers=8,
+      classes_per_batch=90, per_class=2, epochs=epochs, model=model, pretrained=None,
+      embedding_dim=embedding_dim, pooling="avg+max" if model == "resnet50" else "cls",
+      frozen_bn=model == "resnet50", head="hyperbolic", poincare_c=0.1, clip_r=2.3,
+      normalize_embeddings=False, loss="proxy_anchor",
+      loss_kwargs={"margin": 0.1, "alpha": 32.0}, hier=dict(HIER_SETTINGS), optimizer="adamw",
+      learning_rate=learning_rate, weight_decay=weight_decay, backbone_lr_mult=1.0,
+      head_lr_mult=head_lr_mult, loss_lr_mult=1e4, loss_weight_decay=None, schedule=schedule,
+      lr_decay_epochs=() if decay_step is None else tuple(range(decay_step, epochs, decay_step)),
+      lr_decay_rate=decay_rate, warmup_epochs=0.0, freeze_backbone_epochs=warm_epochs,
+      clip_value=10.0, eval_every_epochs=eval_every_epochs,
+      checkpoint_every_epochs=checkpoint_every_epochs, recall_ks=RECALL_KS[dataset])

@@ -158,7 +158,8 @@ def test_non_finite_detected_between_logs():
 
 @pytest.mark.parametrize("stack", [False, True])
 def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path, stack):
-  obj = make_objective("proxy_anchor", num_classes=6, dim=8)  # loss state too (proxies)
+  # loss parameters (proxies) and loss state (the DAS memory) must both come back
+  obj = make_objective("proxy_anchor", num_classes=6, dim=8, das={"bank_size": 4})
   x, y = blobs()
   spe = ArrayBatches(x, y, classes_per_batch=3, per_class=4).steps_per_epoch
 
@@ -179,6 +180,10 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path, stac
                   strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   np.testing.assert_array_equal(np.asarray(second.state.key), np.asarray(full.state.key))
+  assert int(full.state.loss_state["das"].bank_count.min()) > 0
+  for a, b in zip(jax.tree.leaves(second.state.loss_state), jax.tree.leaves(full.state.loss_state),
+                  strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
   ckpt = Checkpointer(tmp_path / "split" / "checkpoints", max_to_keep=3)
   assert ckpt.all_steps() == [2 * spe, 3 * spe, 4 * spe]  # the newest 3 kept
   ckpt.close()
