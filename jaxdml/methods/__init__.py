@@ -30,6 +30,7 @@ from jaxdml.methods.hier import (  # noqa: F401  (re-exports)
     hier_triplet_loss,
     hyp_pairwise_ce_loss,
     init_hier_proxies,
+    lowest_common_ancestors,
     reciprocal_relevance,
     reciprocal_triplets,
     select_lca,

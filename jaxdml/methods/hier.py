@@ -522,6 +522,29 @@ def with_hier(
   return loss_fn
 
 
+def lowest_common_ancestors(x: Array, y: Array, proxies: Array, *,
+                            c: float = poincare.DEFAULT_C) -> tuple[Array, Array]:
+  """The proxy HIER treats as the lowest common ancestor of each pair, and its depth.
+
+  For points x_n, y_n of the ball, `LCA_n = argmin_p max(d(x_n, p), d(y_n, p))` over the proxies
+  (the noise-free choice of `select_lca`), and its depth is its distance to the origin
+  `d(0, LCA_n)`: in a learned hierarchy, related pairs have deeper (more specific) ancestors
+  than unrelated ones, whose ancestors sit nearer the centre.
+
+  Args:
+    x, y: [N, d] points of the ball (e.g. class centroids).
+    proxies: [P, d] proxies in the ball (`hier_proxies_in_ball(params)`).
+    c: curvature parameter.
+
+  Returns:
+    (index [N] int32, depth [N] float).
+  """
+  _checks.same_shape(x, y, "x", "y")
+  d = jnp.maximum(poincare.dist_matrix(x, proxies, c=c), poincare.dist_matrix(y, proxies, c=c))
+  idx = jnp.argmin(d, axis=1).astype(jnp.int32)
+  return idx, poincare.dist0(proxies[idx], c=c)
+
+
 # ------------------------------------------------------------------------------------------------
 # Hyperbolic ViT's pairwise cross-entropy
 # ------------------------------------------------------------------------------------------------

@@ -388,3 +388,18 @@ def test_pairwise_ce_properties():
   assert np.all(np.isfinite(g)) and np.any(g != 0)
   with pytest.raises(ValueError, match="views"):
     hier.hyp_pairwise_ce_loss(jnp.ones((3, 1, 4)))
+
+
+def test_lowest_common_ancestors_by_hand():
+  """Proxies on a line through the origin: the LCA of two points is the proxy that minimises the
+  larger of the two distances; its depth is its distance to the origin,
+  2/sqrt(c) artanh(sqrt(c) r)."""
+  from jaxdml.methods.hier import lowest_common_ancestors
+  c = 1.0
+  proxies = jnp.array([[0.0, 0.0], [0.5, 0.0], [-0.5, 0.0], [0.8, 0.0]])
+  x = jnp.array([[0.85, 0.0], [0.85, 0.0], [0.45, 0.0]])
+  y = jnp.array([[0.75, 0.0], [-0.75, 0.0], [0.55, 0.0]])
+  idx, depth = lowest_common_ancestors(x, y, proxies, c=c)
+  # both near 0.8 -> proxy 3; opposite sides -> the origin; both near 0.5 -> proxy 1
+  np.testing.assert_array_equal(idx, [3, 0, 1])
+  np.testing.assert_allclose(depth, [2 * np.arctanh(0.8), 0.0, 2 * np.arctanh(0.5)], atol=1e-5)

@@ -1,0 +1,17 @@
+"""Digit pairs, small CNN, multi-similarity loss with Metrix feature mixup.
+
+    jaxdml train --config experiments/digits_metrix.py
+
+The small CNN's last feature map (after max-pooling) is mixed, as Metrix mixes ResNet-50's
+layer4 output, with the official code's defaults: lambda ~ Beta(2, 2), w = 0.4, a coin flip per
+step between positive-negative and anchor-negative pairs, each anchor's first positive mixed
+with every negative. `--set 'metrix={"location": "input"}'` mixes images, `"embedding"`
+embeddings.
+"""
+
+from jaxdml.train import TrainConfig
+
+
+def get_config() -> TrainConfig:
+  return TrainConfig(name="digits_metrix", loss="multi_similarity",
+                     metrix={"location": "feature"})
