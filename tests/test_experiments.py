@@ -1,6 +1,7 @@
 """The configs in experiments/: each loads and validates; the paper recipes carry the values of
 the authors' code (Proxy-Anchor: tjddus9597/Proxy-Anchor-CVPR2020, multi-similarity:
-msight-tech/research-ms-loss; the docstring of each config names the files)."""
+msight-tech/research-ms-loss, DAS: lizhaoliu-Lec/DAS, Metrix: billpsomas/Metrix_ICLR22, HIER:
+tjddus9597/HIER-CVPR23; the docstring of each config names the files)."""
 
 import math
 import pathlib
@@ -11,13 +12,21 @@ import numpy as np
 import pytest
 
 from jaxdml import cli
+from jaxdml.geometry import poincare
+from jaxdml.methods import das as das_lib
+from jaxdml.methods import metrix as metrix_lib
 from jaxdml.train import TrainConfig, builders
+from jaxdml.train.objectives import das_settings, hier_settings, metrix_settings
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 CONFIGS = sorted(p for p in EXPERIMENTS.glob("*.py") if p.name != "__init__.py")
 RECIPES = [p for p in CONFIGS if not p.stem.startswith("digits")]
+PA_MS = [p for p in RECIPES if p.stem.startswith(("ms_", "proxy_anchor_"))]
+DAS = [p for p in RECIPES if p.stem.startswith("das_")]
+METRIX = [p for p in RECIPES if p.stem.startswith("metrix_")]
+HIER = [p for p in RECIPES if p.stem.startswith("hier_")]
 DATASETS = {"cub": "cub200", "cars": "cars196", "sop": "sop", "inshop": "inshop"}
-MODELS = {"bninception": "bn_inception", "resnet50": "resnet50"}
+MODELS = {"bninception": "bn_inception", "resnet50": "resnet50", "vits16": "vit_small_patch16"}
 TRAIN_IMAGES = {"cub200": 5864, "cars196": 8054, "sop": 59551, "inshop": 25882}
 RECALL_KS = {"cub200": (1, 2, 4, 8), "cars196": (1, 2, 4, 8), "sop": (1, 10, 100, 1000),
              "inshop": (1, 10, 20, 30, 40)}
@@ -41,16 +50,20 @@ def _load(path: pathlib.Path) -> TrainConfig:
 
 
 def _parts(path: pathlib.Path) -> tuple[str, str, str]:
-  """(loss, backbone, dataset) of a recipe's file name, e.g. ("ms", "resnet50", "cub")."""
-  loss = "ms" if path.stem.startswith("ms_") else "proxy_anchor"
-  net, data = path.stem[len(loss) + 1:].split("_")
-  return loss, net, data
+  """(method, backbone, dataset) of a recipe's file name, e.g. ("ms", "resnet50", "cub")."""
+  method = "proxy_anchor" if path.stem.startswith("proxy_anchor_") else path.stem.split("_")[0]
+  net, data = path.stem[len(method) + 1:].split("_")
+  return method, net, data
 
 
 def test_every_recipe_is_there():
-  expected = {f"{loss}_{net}_{data}" for loss in ("ms", "proxy_anchor") for net in MODELS
-              for data in DATASETS}
+  expected = {f"{loss}_{net}_{data}" for loss in ("ms", "proxy_anchor")
+              for net in ("bninception", "resnet50") for data in DATASETS}
+  expected |= {f"das_resnet50_{data}" for data in ("cub", "cars", "sop")}
+  expected |= {f"metrix_resnet50_{data}" for data in DATASETS}
+  expected |= {f"hier_{net}_{data}" for net in ("resnet50", "vits16") for data in DATASETS}
   assert {p.stem for p in RECIPES} == expected
+  assert sorted(PA_MS + DAS + METRIX + HIER) == RECIPES
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -59,6 +72,7 @@ def test_config_loads_and_validates(path):
   assert isinstance(config, TrainConfig)
   config.validate()
   builders.build_optimizer(config, steps_per_epoch=10)  # validates the optimiser fields
+  builders.build_model(config)  # constructs (no weights): catches conflicting model settings
   assert f"jaxdml train --config experiments/{path.name}" in path.read_text()
 
 
@@ -66,32 +80,68 @@ def test_config_loads_and_validates(path):
 def test_recipe_common_values(path):
   config = _load(path)
   _, net, data = _parts(path)
+  text = path.read_text()
   assert config.name == path.stem
   assert config.dataset == DATASETS[data]
   assert config.model == MODELS[net]
   assert config.pretrained is None  # passed with --pretrained
-  assert "--pretrained " in path.read_text()
-  assert config.embedding_dim == 512 and config.normalize_embeddings
+  assert "--pretrained " in text
   assert config.recall_ks == RECALL_KS[config.dataset]
   assert config.resize_size == 256
-  assert config.schedule == "step"
   if config.dataset == "inshop":
-    assert "--manual-dir " in path.read_text()
+    assert "--manual-dir " in text
+  if path in PA_MS:
+    assert config.embedding_dim == 512 and config.normalize_embeddings
+    assert config.schedule == "step"
+  else:  # the new recipes state their source, target and deviations
+    assert config.image_size == 224
+    assert "Source:" in text and "Target" in text and "Deviations:" in text
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def _embeddings(config: TrainConfig, key: jax.Array, n: int = 12) -> jax.Array:
+  """n embeddings as the model would give them: unit vectors, or points of the Poincare ball."""
+  z = jax.random.normal(key, (n, config.embedding_dim))
+  if config.head == "hyperbolic":
+    return poincare.to_poincare(z, c=config.poincare_c, clip_r=config.clip_r)
+  return z / jnp.linalg.norm(z, axis=1, keepdims=True)
+
+
+def _objective_key(path: pathlib.Path) -> str:
+  """The config fields that define a recipe's objective (configs that share them share it)."""
+  c = _load(path)
+  das = das_settings(c.das) if c.das is not None else None
+  return repr((c.loss, c.loss_kwargs, c.miner, c.miner_kwargs, das, c.metrix, c.hier, c.head,
+               c.poincare_c, c.clip_r, c.embedding_dim))
+
+
+# One config per distinct objective (e.g. the four HIER ResNet-50 configs share theirs): HIER's
+# loss runs op by op for seconds, and the machine is shared.
+_FIRST_WITH_OBJECTIVE: dict[str, pathlib.Path] = {}
+for _path in RECIPES:
+  _FIRST_WITH_OBJECTIVE.setdefault(_objective_key(_path), _path)
+OBJECTIVES = list(_FIRST_WITH_OBJECTIVE.values())
+
+
+@pytest.mark.parametrize("path", OBJECTIVES, ids=lambda p: p.stem)
 def test_recipe_objective_runs(path):
   config = _load(path)
   objective = builders.build_objective(config, num_classes=6)
   key = jax.random.PRNGKey(0)
   params = objective.init(key)
-  z = jax.random.normal(key, (12, config.embedding_dim))
-  z = z / jnp.linalg.norm(z, axis=1, keepdims=True)
+  z = _embeddings(config, key)
   y = jnp.repeat(jnp.arange(6), 2)
-  assert np.isfinite(float(objective.apply(params, objective.init_state(), z, y, key)[0]))
+  embed_mixed = None
+  if objective.mixup in ("input", "feature"):  # stands in for the train step's forward pass
+    def embed_mixed(pairs):
+      m = metrix_lib.mix_pairs(z, pairs)
+      return m / jnp.linalg.norm(m, axis=1, keepdims=True)
+  loss, _, aux = objective.apply(params, objective.init_state(), z, y, key,
+                                 embed_mixed=embed_mixed)
+  assert np.isfinite(float(loss))
+  assert all(np.isfinite(float(v)) for v in aux.values())
 
 
-@pytest.mark.parametrize("path", [p for p in RECIPES if p.stem.startswith("proxy_anchor_")],
+@pytest.mark.parametrize("path", [p for p in PA_MS if p.stem.startswith("proxy_anchor_")],
                          ids=lambda p: p.stem)
 def test_proxy_anchor_recipe(path):
   c = _load(path)
@@ -117,7 +167,7 @@ def test_proxy_anchor_recipe(path):
   assert c.per_class == (2 if data in ("cub", "cars") else 1)
 
 
-@pytest.mark.parametrize("path", [p for p in RECIPES if p.stem.startswith("ms_")],
+@pytest.mark.parametrize("path", [p for p in PA_MS if p.stem.startswith("ms_")],
                          ids=lambda p: p.stem)
 def test_multi_similarity_recipe(path):
   c = _load(path)
@@ -139,3 +189,151 @@ def test_multi_similarity_recipe(path):
   assert abs(c.epochs * steps - 3000) <= steps / 2
   for epoch, iteration in zip(c.lr_decay_epochs, (1200, 2400), strict=True):
     assert abs(epoch * steps - iteration) <= steps / 2
+
+
+# DAS table1.sh, "MS + R^{512}" lines: dataset -> (DAS's dataset name, --bs, --decay, and the DAS
+# flags: --das_dfs_num_scale, scale range, --das_mts_scale, --detach).
+DAS_TABLE1 = {
+    "cub": ("cub200", 180, 8e-4, 8, (0.99, 1.01), 0.01, True),
+    "cars": ("cars196", 112, 4e-4, 8, (0.99, 1.01), 0.01, True),
+    "sop": ("online_products", 112, 4e-4, 8, (0.5, 2.0), 0.1, False),
+}
+
+
+@pytest.mark.parametrize("path", DAS, ids=lambda p: p.stem)
+def test_das_recipe(path):
+  c = _load(path)
+  _, _, data = _parts(path)
+  name, batch, decay, k, scale, shift, detach = DAS_TABLE1[data]
+  assert c.das == {"recipe": ["table1", name, "multisimilarity"]}
+  recipe = das_settings(c.das)
+  assert recipe == das_lib.das_recipe("table1", name, "multisimilarity")
+  assert (recipe.num_scaled_dims, recipe.scale_range, recipe.shift_scale, recipe.detach) == (
+      k, scale, shift, detach)
+  # argparse defaults: 3 generated per real one, a bank of 10, normalised, no auxiliary loss
+  assert (recipe.num_generated, recipe.bank_size, recipe.normalize, recipe.aux_weight) == (
+      3, 10, True, None)
+  # the Revisiting-DML multi-similarity loss: pos weight 2, neg weight 40, thresh 0.5, margin 0.1
+  assert c.loss == "multi_similarity"
+  assert c.loss_kwargs == {"alpha": 2.0, "beta": 40.0, "base": 0.5}
+  assert c.miner == "multi_similarity" and c.miner_kwargs == {"epsilon": 0.1}
+  assert c.model == "resnet50" and c.pooling == "avg+max" and c.frozen_bn
+  assert c.embedding_dim == 512 and c.normalize_embeddings and c.head == "linear"
+  assert c.optimizer == "adam" and c.learning_rate == 1e-5 and c.weight_decay == decay
+  assert c.backbone_lr_mult == 1.0 and c.head_lr_mult == 1.0
+  assert (c.classes_per_batch, c.per_class) == (batch // 2, 2)
+  assert c.epochs == 300
+  assert c.schedule == "step" and c.lr_decay_epochs == (200, 250) and c.lr_decay_rate == 0.3
+  assert c.warmup_epochs == 0 and c.freeze_backbone_epochs == 0
+  assert c.clip_value is None and c.clip_norm is None
+  assert c.metrix is None and c.hier is None
+  objective = builders.build_objective(c, num_classes=6)
+  assert "das" in objective.init_state()
+
+
+# Metrix README (multi-similarity + Metrix; Cars, SOP and In-shop with their baseline's values):
+# dataset -> (classes x images per batch, lr, StepLR step, gamma, warm-up epochs, BN frozen).
+METRIX_README = {
+    "cub": ((50, 2), 1e-4, 10, 0.5, 5, True),
+    "cars": ((50, 2), 1e-4, 10, 0.5, 5, True),
+    "sop": ((20, 5), 6e-4, 20, 0.25, 1, False),
+    "inshop": ((20, 5), 6e-4, 20, 0.25, 1, False),
+}
+
+
+@pytest.mark.parametrize("path", METRIX, ids=lambda p: p.stem)
+def test_metrix_recipe(path):
+  c = _load(path)
+  _, _, data = _parts(path)
+  batch, lr, step, gamma, warm, bn_frozen = METRIX_README[data]
+  assert c.loss == "multi_similarity"
+  assert c.loss_kwargs == {"alpha": 2.0, "beta": 50.0, "base": 0.5}
+  assert c.miner == "multi_similarity" and c.miner_kwargs == {"epsilon": 0.1}
+  mx = metrix_settings(c.metrix)
+  assert mx["location"] == "feature"  # --mode feature
+  assert mx["alpha"] == 2.0 and mx["weight"] == 0.4  # --alpha 2.0; loss_clean + 0.4 loss_mix
+  assert mx["pairing"] == "random" and not mx["per_example_lambda"]  # coin flip, one lambda
+  assert (mx["num_positives"], mx["num_negatives"]) == (1, None)  # first positive, all negatives
+  assert builders.build_objective(c, num_classes=6).mixup == "feature"
+  assert c.model == "resnet50" and c.pooling == "avg+max" and c.frozen_bn == bn_frozen
+  assert c.embedding_dim == 512 and c.normalize_embeddings and c.head == "linear"
+  assert (c.classes_per_batch, c.per_class) == batch and c.classes_per_batch * c.per_class == 100
+  assert c.optimizer == "adam" and c.weight_decay == 1e-4 and c.learning_rate == lr
+  assert c.backbone_lr_mult == 1.0 and c.head_lr_mult == 1.0
+  assert c.epochs == 100
+  assert c.schedule == "step" and c.lr_decay_epochs == tuple(range(step, c.epochs, step))
+  assert c.lr_decay_rate == gamma
+  assert c.freeze_backbone_epochs == warm and c.warmup_epochs == 0
+  assert c.clip_value == 10 and c.clip_norm is None
+  assert c.das is None and c.hier is None
+
+
+# HIER scripts/{Resnet50,ViT}/hier_<dataset>.sh: (backbone, dataset) -> (--emb, --lr,
+# --weight_decay, --epochs, --warmup_epochs, --lr_decay, --lr_decay_gamma, --fc_lr_scale,
+# --eval_freq). The ViT In-shop script says --emb 512; the config keeps the table's 128.
+HIER_SCRIPTS = {
+    ("resnet50", "cub"): (512, 1e-4, 1e-2, 100, 1, 5, 0.5, 1.0, 1),
+    ("resnet50", "cars"): (512, 1e-4, 1e-2, 100, 1, 10, 0.5, 1.0, 1),
+    ("resnet50", "sop"): (512, 6e-4, 1e-4, 150, 5, 25, 0.3, 1.0, 5),
+    ("resnet50", "inshop"): (512, 6e-4, 1e-4, 150, 5, 20, 0.3, 1.0, 1),
+    ("vits16", "cub"): (128, 1e-5, 1e-2, 100, 1, None, None, 1.0, 1),
+    ("vits16", "cars"): (128, 1e-5, 1e-2, 100, 1, None, None, 1.0, 1),
+    ("vits16", "sop"): (128, 1e-5, 1e-4, 150, 5, None, None, 100.0, 5),
+    ("vits16", "inshop"): (128, 1e-5, 1e-4, 150, 5, None, None, 100.0, 1),
+}
+
+
+@pytest.mark.parametrize("path", HIER, ids=lambda p: p.stem)
+def test_hier_recipe(path):
+  c = _load(path)
+  _, net, data = _parts(path)
+  emb, lr, wd, epochs, warm, step, gamma, fc, eval_freq = HIER_SCRIPTS[(net, data)]
+  # model: backbone -> LayerNorm (no affine) -> orthogonal linear -> Poincare ball (c 0.1, 2.3)
+  assert c.head == "hyperbolic" and c.poincare_c == 0.1 and c.clip_r == 2.3
+  assert not c.normalize_embeddings
+  assert c.embedding_dim == emb
+  if net == "resnet50":
+    assert c.pooling == "avg+max" and c.frozen_bn  # --bn_freeze is type=bool: "False" is true
+    assert c.normalization == "imagenet"
+  else:
+    assert c.pooling == "cls" and not c.frozen_bn
+    assert c.normalization == "half"  # the ImageNet-21k ViT weights' mean 0.5, std 0.5
+  # loss: Proxy-Anchor (angle) + 0.5 HIER
+  assert c.loss == "proxy_anchor" and c.miner is None
+  assert c.loss_kwargs == {"margin": 0.1, "alpha": 32.0}
+  h = hier_settings(c.hier)
+  assert h["num_proxies"] == 512 and h["lambda1"] == 1.0 and h["lambda2"] == 0.5
+  assert h["topk"] == 20 and h["margin"] == 0.1 and h["tau"] == 0.1
+  assert h["triplets_per_anchor"] == 50 and h["lr_mult"] == 50
+  assert builders.hier_config(c)["c"] == 0.1 and builders.hier_config(c)["clip_r"] == 2.3
+  params = builders.build_objective(c, num_classes=6).init(jax.random.PRNGKey(0))
+  assert params["hier"].shape == (512, emb) and params["proxies"].shape == (6, emb)
+  # optimiser: AdamW, every group decayed; proxies x 1e4, hierarchical proxies x 50
+  assert c.optimizer == "adamw" and c.learning_rate == lr and c.weight_decay == wd
+  assert c.loss_weight_decay is None
+  spec = builders.optimizer_spec(c, steps_per_epoch=10)
+  assert spec.lr_mult == {"backbone": 1.0, "head": fc, "loss": 1e4, "loss/hier": 50.0}
+  assert c.clip_value == 10 and c.clip_norm is None
+  assert (c.classes_per_batch, c.per_class) == (90, 2)  # 90 per GPU x 2 GPUs, IPC 2
+  assert c.epochs == epochs
+  assert c.freeze_backbone_epochs == warm and c.warmup_epochs == 0  # lr 0, not a linear ramp
+  if step is None:
+    assert c.schedule == "constant" and c.lr_decay_epochs == ()
+  else:
+    assert c.schedule == "step" and c.lr_decay_epochs == tuple(range(step, epochs, step))
+    assert c.lr_decay_rate == gamma
+  assert c.eval_every_epochs == eval_freq
+  assert c.das is None and c.metrix is None
+
+
+def test_hyperbolic_recipe_model_outputs_points_of_the_ball():
+  """HIER's ViT-S/16 recipe, shapes only (`jax.eval_shape`: traced, not compiled)."""
+  config = _load(EXPERIMENTS / "hier_vits16_cub.py")
+  model, _ = builders.build_model(config)
+  x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+  head = variables["params"]["head"]
+  assert set(head) == {"embedding"}  # no affine layer norm, no output normalisation
+  assert head["embedding"]["kernel"].shape == (384, config.embedding_dim)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  assert out.shape == (1, config.embedding_dim)

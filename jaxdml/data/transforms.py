@@ -19,7 +19,7 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BN_INCEPTION_MEAN_BGR = (104.0, 117.0, 128.0)
-NORMALIZATIONS = ("imagenet", "bn_inception")
+NORMALIZATIONS = ("imagenet", "bn_inception", "half")
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -187,7 +187,8 @@ def normalize(image: np.ndarray, method: str = "imagenet") -> np.ndarray:
     method: "imagenet" (RGB scaled to [0, 1], minus mean (0.485, 0.456, 0.406), divided by
       std (0.229, 0.224, 0.225); torchvision models) or "bn_inception" (channels reversed to BGR,
       kept in [0, 255], minus mean (104, 117, 128); the Caffe-converted BN-Inception used by
-      many metric-learning papers).
+      many metric-learning papers) or "half" (RGB scaled to [0, 1], minus 0.5, divided by 0.5,
+      i.e. [-1, 1]; the ImageNet-21k ViT weights of timm that HIER and Hyp-ViT use).
 
   Returns:
     float32 [H, W, 3].
@@ -199,6 +200,8 @@ def normalize(image: np.ndarray, method: str = "imagenet") -> np.ndarray:
     return (image / np.float32(255.0) - mean) / std
   if method == "bn_inception":
     return image[:, :, ::-1] - np.asarray(BN_INCEPTION_MEAN_BGR, np.float32)
+  if method == "half":
+    return image / np.float32(127.5) - np.float32(1.0)
   raise ValueError(f"Unknown normalization {method!r}; expected one of {NORMALIZATIONS}.")
 
 

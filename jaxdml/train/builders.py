@@ -87,13 +87,12 @@ def build_model(config: TrainConfig):
   backbone, load = models.backbone_from_name(config.model, frozen_bn=config.frozen_bn,
                                              dtype=dtype)
   pooling = config.pooling or ("cls" if "patch16" in config.model else "avg")
-  head = {}
+  head = {"normalize": config.normalize_embeddings}
   if config.head == "hyperbolic":  # HIER / Hyp-ViT: LayerNorm -> orthogonal linear -> ball
     head = {"pre_layer_norm": True, "head_init": "orthogonal", "normalize": False,
             "poincare_c": config.poincare_c, "clip_r": config.clip_r}
   model = models.EmbeddingModel(backbone=backbone, pooling=pooling,
                                 embedding_dim=config.embedding_dim, layer_norm=config.layer_norm,
-                                normalize=config.normalize_embeddings,
                                 **head)
 
   def load_pretrained(variables):

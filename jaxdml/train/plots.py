@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
 # Frame colours of the retrieval grid (RGB, 0-255).
@@ -193,7 +194,7 @@ def retrieval_grid(
     k: neighbours per row.
     query_indices: which queries to draw, one row each.
     normalization: undo an input normalisation, `x * std + mean`, before display: a name in
-      `NORMALIZATIONS` ("imagenet", "clip") or a (mean, std) pair of per-channel sequences
+      `NORMALIZATIONS` ("imagenet", "clip", "half") or a (mean, std) pair of per-channel sequences
       (their averages are used for grayscale images).
     value_range: the (black, white) values of float images after denormalisation. None: [0, 1]
       when the drawn images lie within it, else their overall minimum and maximum. uint8 images

@@ -145,11 +145,13 @@ def hier(name: str, dataset: str, model: str, *, embedding_dim: int, learning_ra
   and the hierarchical proxies at 50 x the learning rate, the head at `head_lr_mult` x; the
   backbone frozen for the `warm_epochs` first epochs; StepLR every `decay_step` epochs by
   `decay_rate` (None: constant); gradients clipped by value at 10; random resized crop 224 for
-  training, resize 256 + centre crop 224 for testing; retrieval by hyperbolic distance.
+  training, resize 256 + centre crop 224 for testing, ImageNet mean / std for ResNet-50 and
+  mean 0.5 / std 0.5 ("half") for the ImageNet-21k ViT; retrieval by hyperbolic distance.
   """
   schedule = "constant" if decay_step is None else "step"
   return TrainConfig(
       name=name, dataset=dataset, image_size=224, resize_size=256, num_workers=8,
+      normalization="imagenet" if model == "resnet50" else "half",
       classes_per_batch=90, per_class=2, epochs=epochs, model=model, pretrained=None,
       embedding_dim=embedding_dim, pooling="avg+max" if model == "resnet50" else "cls",
       frozen_bn=model == "resnet50", head="hyperbolic", poincare_c=0.1, clip_r=2.3,
