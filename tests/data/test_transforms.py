@@ -78,7 +78,7 @@ def test_normalize_imagenet_and_bn_inception():
   assert bgr.dtype == np.float32
   np.testing.assert_allclose(bgr[0, 0], [0 - 104, 128 - 117, 255 - 128])
   half = transforms.normalize(img, "half")  # mean 0.5, std 0.5 of [0, 1] values
-  np.testing.assert_allclose(half[0, 0], (np.array([255, 128, 0]) / 255 - 0.5) / 0.5, rtol=1e-6)
+  np.testing.assert_allclose(half[0, 0], (np.array([255, 128, 0]) / 255 - 0.5) / 0.5, atol=1e-6)
   with pytest.raises(ValueError):
     transforms.normalize(img, "unknown")
 
