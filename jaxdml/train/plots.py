@@ -38,14 +38,16 @@ def _save(fig: Figure, path: str | os.PathLike) -> str:
   return path
 
 
-def _series(records: Sequence[Mapping[str, Any]], key: str, x: str) -> dict[str, tuple]:
-  """(x, y) of every record key equal to `key` or ending in "/<key>", by full key name."""
+def _series(records: Sequence[Mapping[str, Any]], key: str, x: str,
+            parts: bool = False) -> dict[str, tuple]:
+  """(x, y) of every record key equal to `key` or ending in "/<key>", by full key name; with
+  `parts` also the keys starting with "<key>/" (the terms of a composed loss)."""
   out: dict[str, tuple[list, list]] = {}
   for rec in records:
     if x not in rec:
       continue
     for name, value in rec.items():
-      if name == key or name.endswith("/" + key):
+      if name == key or name.endswith("/" + key) or (parts and name.startswith(key + "/")):
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
           xs, ys = out.setdefault(name, ([], []))
           xs.append(rec[x])
@@ -66,8 +68,8 @@ def plot_curves(
 ) -> str:
   """Training loss and retrieval metrics against steps (or epochs), as a two-panel PNG.
 
-  Left: every record key equal to `loss_key` or ending in "/<loss_key>" ("loss",
-  "train/loss"). Right: the same for each of `metric_keys` ("recall@1", "test/recall@1",
+  Left: every record key equal to `loss_key`, ending in "/<loss_key>" ("loss", "train/loss") or
+  starting with "<loss_key>/" (the terms of a composed objective, "loss/hier_loss"). Right: the same for each of `metric_keys` ("recall@1", "test/recall@1",
   "map@r", ...), each as its own line; metrics absent from the records are left out. Records
   without `x` are skipped; NaN values leave gaps.
 
@@ -86,9 +88,10 @@ def plot_curves(
   """
   fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi, layout="constrained")
   ax_loss, ax_metric = fig.subplots(1, 2)
-  losses = _series(records, loss_key, x)
+  losses = _series(records, loss_key, x, parts=True)
   for name, (xs, ys) in sorted(losses.items()):
-    ax_loss.plot(xs, ys, label=name, linewidth=1.2)
+    ax_loss.plot(xs, ys, label=name, linewidth=1.2, marker="o" if len(xs) == 1 else None,
+                 markersize=3)
   ax_loss.set_title("training loss")
   metrics = {}
   for key in metric_keys:
