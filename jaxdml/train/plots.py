@@ -69,9 +69,10 @@ def plot_curves(
   """Training loss and retrieval metrics against steps (or epochs), as a two-panel PNG.
 
   Left: every record key equal to `loss_key`, ending in "/<loss_key>" ("loss", "train/loss") or
-  starting with "<loss_key>/" (the terms of a composed objective, "loss/hier_loss"). Right: the same for each of `metric_keys` ("recall@1", "test/recall@1",
-  "map@r", ...), each as its own line; metrics absent from the records are left out. Records
-  without `x` are skipped; NaN values leave gaps.
+  starting with "<loss_key>/" (the terms of a composed objective, "loss/hier_loss"). Right: the
+  same for each of `metric_keys` ("recall@1", "test/recall@1", "map@r", ...), each as its own
+  line; metrics absent from the records are left out. Records without `x` are skipped; NaN
+  values leave gaps.
 
   Args:
     records: metric records, e.g. from `jaxdml.train.logging.read_metrics`.
