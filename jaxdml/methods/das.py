@@ -163,7 +163,11 @@ def das_update(state: DASState, z: Array, y: Array) -> DASState:
   # MTS: all ordered intra-class differences, ranked in the authors' enqueue order.
   diff = z[:, None, :] - z[None, :, :]                                    # [B, B, d]
   same = y[:, None] == y[None, :]
-  valid = same & (jnp.sum(jnp.abs(diff), axis=-1) > 0)
+  # The self-pairs are excluded by index: inside a larger jitted program XLA may compute the two
+  # copies of z_a differently (fusion duplicates the producer), leaving a tiny non-zero z_a - z_a.
+  # Exact duplicates among different samples are dropped by value, as in the authors' code.
+  eye = jnp.eye(b, dtype=bool)
+  valid = same & ~eye & (jnp.sum(jnp.abs(diff), axis=-1) > 0)
   per_row = jnp.sum(valid, axis=1, dtype=jnp.int32)                       # [B]
   earlier = same & (jnp.arange(b)[None, :] < jnp.arange(b)[:, None])      # i' < i, same class
   before = jnp.sum(jnp.where(earlier, per_row[None, :], 0), axis=1)       # [B]

@@ -475,3 +475,39 @@ def test_trace_time_errors():
     das.das_pairs(y, 3, queries="generated")
   with pytest.raises(ValueError, match="dimension"):
     das.das_combine(z, y, jnp.zeros((4, 5)), y)
+
+
+_JITTED_UPDATE = """
+import jax, jax.numpy as jnp
+from jaxdml.methods import das
+x = jax.random.normal(jax.random.PRNGKey(0), (64, 32))
+w = jax.random.normal(jax.random.PRNGKey(1), (32, 128))
+y = jnp.repeat(jnp.arange(16), 4)
+
+@jax.jit
+def step(x, state):
+  z = x @ w
+  z = z * jax.lax.rsqrt(jnp.sum(z * z, axis=1, keepdims=True))
+  return das.das_update(state, z, y)
+
+s = step(x, das.das_init(50, 128))
+print(int(s.bank_ptr[:16].min()), int(s.bank_ptr[:16].max()),
+      float(jnp.linalg.norm(s.bank[:16], axis=-1).min()))
+"""
+
+
+def test_update_inside_a_jitted_program_skips_self_pairs():
+  """With z computed in the same jitted program, XLA's default optimisations may duplicate its
+  producer so that z_a - z_a is not exactly 0; the self-pairs must still never enter the bank.
+  Run in a fresh process with XLA's default flags (the suite's cheaper compile hides the
+  effect)."""
+  import os
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", _JITTED_UPDATE], env=env, capture_output=True,
+                       text=True, check=True, timeout=120).stdout.split()
+  lo, hi, min_norm = int(out[0]), int(out[1]), float(out[2])
+  # 4 samples per class: 12 ordered differences each, so the ring pointer moves to 12 % 10
+  assert lo == hi == 2
+  assert min_norm > 1e-3  # no (near-)zero shift was stored
