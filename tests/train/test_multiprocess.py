@@ -47,7 +47,7 @@ WORKER = textwrap.dedent("""
       part = slice(pid * share, (pid + 1) * share)
       state, m = step(state, put_batch({"image": x[s, part], "label": y[s, part]}, mesh))
       losses.append(float(np.asarray(m["loss"].addressable_data(0))))
-    kernel = np.asarray(state.params["model"]["head"]["embedding"]["kernel"].addressable_data(0))
+    kernel = np.asarray(state.params["model"]["Dense_0"]["kernel"].addressable_data(0))
     emb = Embedder(Net(), mesh)(state.params, state.model_state, x[0, :8])
     print("RESULT" + json.dumps({"devices": len(jax.devices()), "losses": losses,
                                  "kernel": kernel.tolist(), "emb": emb.tolist()}))
