@@ -333,10 +333,8 @@ def mean_average_precision(
     ref_embeddings: [N, d] reference embeddings; None searches the queries among themselves,
       leaving each query out of its own ranking.
     ref_labels: [N] integer reference labels (given with `ref_embeddings`).
-    similarity: "cosine", "dot", "neg_squared_euclidean", or "poincare" for embeddings in the
-      Poincare ball of curvature parameter `c` (HIER, Hyp-ViT): neighbours by hyperbolic
-      distance (`jaxdml.geometry.poincare.hyperbolic_knn`). The "poincare" search runs on one
-      device (`mesh` is not used) and gives no full-ranking "map".
+    similarity: "cosine", "dot" or "neg_squared_euclidean" (not "poincare": see
+      `retrieval_metrics`).
     chunk_size: queries per step.
 
   Returns:

@@ -19,11 +19,23 @@ def hier_config(config: TrainConfig) -> dict | None:
   return {"c": config.poincare_c, "clip_r": config.clip_r, **config.hier}
 
 
+def metrix_config(config: TrainConfig) -> dict | None:
+  """The Metrix settings of `config`; input mixup keeps the P M (M - 1) positive-negative mixes
+  of a batch (`num_mixed`), so that no padding image goes through the network."""
+  if config.metrix is None:
+    return None
+  settings = dict(config.metrix)
+  if settings.get("location", "feature") == "input":
+    settings.setdefault("num_mixed", max(1, config.classes_per_batch * config.per_class
+                                         * (config.per_class - 1)))
+  return settings
+
+
 def build_objective(config: TrainConfig, num_classes: int) -> Objective:
   return make_objective(config.canonical_loss, num_classes=num_classes,
                         dim=config.embedding_dim, loss_kwargs=config.loss_kwargs,
                         miner=config.miner, miner_kwargs=config.miner_kwargs, das=config.das,
-                        metrix=config.metrix, hier=hier_config(config))
+                        metrix=metrix_config(config), hier=hier_config(config))
 
 
 def eval_similarity(config: TrainConfig) -> dict:

@@ -114,8 +114,16 @@ class Checkpointer:
     abstract = None if target is None else jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         target)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, TypeError) as e:
+      if target is None:
+        raise
+      raise ValueError(
+          f"checkpoint {step} in {self.directory} does not fit this run's train state (another "
+          "model, loss, method settings, or a checkpoint written by an older jaxdml whose train "
+          f"state had other fields); start a new workdir. Restoring said: {e}") from e
     return restored["state"], _decode_data_state(_own_process_state(restored["data"]))
 
   def close(self) -> None:

@@ -19,6 +19,7 @@ from jaxdml.train.objectives import (
     PROXY_LOSSES,
     das_settings,
     hier_settings,
+    metrix_hparams,
     metrix_settings,
     names,
 )
@@ -162,6 +163,11 @@ class TrainConfig:
     if self.hier is not None and self.head != "hyperbolic":
       raise ValueError("HIER places embeddings and proxies in the Poincare ball: set "
                        "head='hyperbolic' with config.hier.")
+    if self.hier is not None and {"c", "clip_r"} & set(self.hier):
+      raise ValueError("HIER's ball is the head's: set config.poincare_c and config.clip_r, not "
+                       "hier['c'] / hier['clip_r'].")
+    if self.head == "hyperbolic" and not self.clip_r > 0:
+      raise ValueError(f"config.clip_r must be > 0, got {self.clip_r}.")
     if self.metrix is not None and self.canonical_loss not in METRIX_KINDS:
       raise ValueError(f"Metrix is defined for the losses {sorted(METRIX_KINDS)}, got "
                        f"{self.loss!r}.")
@@ -169,5 +175,7 @@ class TrainConfig:
                         ("hier", hier_settings)):
       if getattr(self, name) is not None:
         check(getattr(self, name))
+    if self.metrix is not None:
+      metrix_hparams(self.canonical_loss, self.loss_kwargs)
     if self.freeze_backbone_epochs < 0 or self.warmup_epochs < 0:
       raise ValueError("config.freeze_backbone_epochs and warmup_epochs must be >= 0.")

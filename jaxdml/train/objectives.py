@@ -206,10 +206,19 @@ def das_settings(settings: dict) -> das_lib.DASRecipe:
   """
   s = _check_keys(settings, DAS_KEYS, "DAS")
   recipe = s.pop("recipe", None)
+  if recipe is not None and (not isinstance(recipe, (list, tuple)) or len(recipe) != 3):
+    raise ValueError(f"das['recipe'] must be [table, dataset, loss], e.g. ['table1', 'cub200', "
+                     f"'multisimilarity'], got {recipe!r}.")
   base = das_lib.das_recipe(*recipe) if recipe else das_lib.DASRecipe()
   if "scale_range" in s:
     s["scale_range"] = tuple(float(v) for v in s["scale_range"])
-  return base._replace(**s)
+  out = base._replace(**s)
+  for name in ("num_scaled_dims", "bank_size", "num_generated"):
+    if int(getattr(out, name)) < 1:
+      raise ValueError(f"das['{name}'] must be >= 1, got {getattr(out, name)}.")
+  if out.shift_scale < 0 or (out.aux_weight is not None and out.aux_weight < 0):
+    raise ValueError("das['shift_scale'] and das['aux_weight'] must be >= 0.")
+  return out
 
 
 def metrix_settings(settings: dict) -> dict:
@@ -247,6 +256,8 @@ def metrix_settings(settings: dict) -> dict:
                      f"{s['pairing']!r}.")
   if not s["alpha"] > 0:
     raise ValueError(f"metrix alpha must be > 0, got {s['alpha']}.")
+  if not s["weight"] >= 0:
+    raise ValueError(f"metrix weight must be >= 0, got {s['weight']}.")
   return s
 
 
@@ -265,16 +276,24 @@ def hier_settings(settings: dict) -> dict:
   s.setdefault("lr_mult", 50.0)
   if int(s["num_proxies"]) < 1:
     raise ValueError(f"hier num_proxies must be >= 1, got {s['num_proxies']}.")
+  for name in ("lambda1", "lambda2"):
+    if not s[name] >= 0:
+      raise ValueError(f"hier {name} must be >= 0, got {s[name]}.")
+  if not s["lr_mult"] > 0:
+    raise ValueError(f"hier lr_mult must be > 0, got {s['lr_mult']}.")
   return s
 
 
-def _metrix_hparams(name: str, kw: dict) -> dict:
+def metrix_hparams(name: str, kw: dict) -> dict:
   """The mixed loss's hyperparameters: those of the clean loss (its kwargs, else its defaults)."""
   fn = (PAIR_LOSSES.get(name) or PROXY_LOSSES[name])[0]
   params = inspect.signature(fn).parameters
   if kw.get("distance", "euclidean") != "euclidean":
     raise ValueError("Metrix's contrastive loss is defined on the Euclidean distance of "
                      "normalised embeddings; remove loss_kwargs['distance'].")
+  if any(kw.get(k, True) is False for k in ("normalize_embeddings", "normalize_proxies")):
+    raise ValueError("Metrix's mixed losses work on cosine similarities; remove "
+                     "loss_kwargs['normalize_embeddings' / 'normalize_proxies'].")
   kind = METRIX_KINDS[name]
   return {k: kw.get(k, params[k].default) for k in metrix_lib.DEFAULT_HPARAMS[kind]}
 
@@ -310,7 +329,7 @@ def make_objective(name: str, *, num_classes: int, dim: int, loss_kwargs: dict |
   hr = hier_settings(hier) if hier is not None else None
   if mx is not None and name not in METRIX_KINDS:
     raise ValueError(f"Metrix is defined for the losses {sorted(METRIX_KINDS)}, got {name!r}.")
-  mix_hp = _metrix_hparams(name, kw) if mx is not None else {}
+  mix_hp = metrix_hparams(name, kw) if mx is not None else {}
   hier_kw = {k: v for k, v in (hr or {}).items() if k in hier_lib._HIER_KWARGS}
   parts = [name] + [m for m, v in (("das", das_cfg), ("metrix", mx), ("hier", hr)) if v]
 
@@ -338,7 +357,8 @@ def make_objective(name: str, *, num_classes: int, dim: int, loss_kwargs: dict |
       das_state = das_lib.das_update(state["das"], z, y)
       z_gen, y_gen = das_lib.das_generate(das_state, z, y, k_das,
                                           **das_cfg.generate_kwargs())
-      loss = das_lib.das_loss(lambda zz, yy: core_loss(base_params, zz, yy, k_core), z, y,
+      calls = iter(jax.random.split(k_core, 2))  # the aux loss calls the core loss twice
+      loss = das_lib.das_loss(lambda zz, yy: core_loss(base_params, zz, yy, next(calls)), z, y,
                               z_gen, y_gen, aux_weight=das_cfg.aux_weight)
       state = {**state, "das": das_state}
     else:

@@ -142,11 +142,13 @@ def make_train_step(model: nn.Module, objective, tx: optax.GradientTransformatio
   def loss_fn(params, model_state, loss_state, images, labels, key):
     k_drop, k_loss = jax.random.split(key)
     names = list(model_state.keys())
-    current = {"model_state": model_state}  # threaded through every forward pass of the step
+    # threaded through every forward pass of the step; each pass draws its own dropout masks
+    current = {"model_state": model_state, "passes": 0}
 
     def forward(x, method=None):
       variables = model_variables(params, current["model_state"])
-      kwargs = {"train": True, "rngs": {"dropout": k_drop}}
+      kwargs = {"train": True, "rngs": {"dropout": jax.random.fold_in(k_drop, current["passes"])}}
+      current["passes"] += 1
       if method is not None:
         kwargs["method"] = method
       if not names:

@@ -44,3 +44,11 @@ def test_each_process_takes_its_own_input_state():
   assert _own_process_state(stored) == {"kind": "json", "value": {"position": 0}}
   with pytest.raises(ValueError, match="2 processes"):
     _own_process_state({"kind": "per_process", "value": [{}, {}]})
+
+
+def test_restoring_into_another_structure_is_a_clear_error(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state(1.0, 1), None)
+    other = state()._replace(loss_state={"das": jnp.zeros(3)})  # a state with another field
+    with pytest.raises(ValueError, match="does not fit"):
+      ckpt.restore(other)

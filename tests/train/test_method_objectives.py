@@ -175,6 +175,24 @@ def test_config_validation_of_methods():
     TrainConfig(head="spherical").validate()
   with pytest.raises(ValueError, match="unknown HIER settings"):
     TrainConfig(head="hyperbolic", hier={"lambda": 1}).validate()
+  with pytest.raises(ValueError, match="poincare_c"):
+    TrainConfig(head="hyperbolic", hier={"c": 1.0}).validate()
+  with pytest.raises(ValueError, match="clip_r"):
+    TrainConfig(head="hyperbolic", clip_r=0.0).validate()
+  with pytest.raises(ValueError, match="lr_mult"):
+    TrainConfig(head="hyperbolic", hier={"lr_mult": -50}).validate()
+  with pytest.raises(ValueError, match="weight"):
+    TrainConfig(metrix={"weight": -0.4}).validate()
+  with pytest.raises(ValueError, match="recipe"):
+    TrainConfig(das={"recipe": "table1"}).validate()
+  with pytest.raises(ValueError, match="bank_size"):
+    TrainConfig(das={"bank_size": 0}).validate()
+  with pytest.raises(ValueError, match="cosine"):
+    TrainConfig(loss="proxy_nca", loss_kwargs={"normalize_proxies": False},
+                metrix={}).validate()
+  # input mixup keeps exactly the positive-negative mixes of a P x M batch: no padding images
+  cfg = TrainConfig(classes_per_batch=4, per_class=3, metrix={"location": "input"})
+  assert builders.metrix_config(cfg)["num_mixed"] == 4 * 3 * 2
 
 
 # ----------------------------------------------------------------------------------- composition
