@@ -14,54 +14,15 @@ Regularization", CVPR 2023, and its code, github.com/tjddus9597/HIER-CVPR23 (rea
     --lambda1 1 --lambda2 0.5 --topk 20 --mrg 0.1 --dataset SOP --model resnet50 --IPC 2
     --loss PA --emb 512 --bn_freeze False --use_lastnorm True --optimizer adamw
     --fc_lr_scale 1 --lr_decay 25 --lr_decay_gamma 0.3`.
-  - hier/train.py: AdamW (eps 1e-4 under `--use_fp16 True`) on four parameter groups, all with
-    `--weight_decay` (hier/utils.py get_params_groups): the backbone x 1, the head ("last"
-    parameters) x `--fc_lr_scale`, the hierarchical proxies x 50, the Proxy-Anchor proxies
-    x 1e4; the learning rate scaled by (90 x 2 GPUs) / 180 = 1; the backbone's learning rate is
-    0 during the first `--warmup_epochs` epochs (a frozen warm-up, not a linear one); with
-    `--lr_decay` a per-iteration step schedule equal to StepLR (`step_scheduler`), without it a
-    constant rate; gradients clipped by value at 10 on the model and both losses
-    (`clip_gradients_value`; `--clip_grad` only switches it on); loss = `--lambda1` x
-    Proxy-Anchor + `--lambda2` x HIER on the embeddings of both GPUs (all-gathered); test-set
-    Recall@1 every `--eval_freq` epochs once the warm-up is over (on SOP and In-shop from epoch
-    40), by hyperbolic distance.
-  - hier/sampler.py (UniqueClassSampler with `--IPC 2`): each global batch holds 90 distinct
-    classes, 2 images of each drawn with replacement; len(train) // 180 batches an epoch.
-  - hier/models/model.py: head = LayerNorm without affine parameters -> Linear (orthogonal
-    init, zero bias) -> ToPoincare(c 0.1, clip_r 2.3, Riemannian gradient); hier/models/resnet.py:
-    global average + global max pooling (summed); `--bn_freeze` keeps BatchNorm in eval mode
-    (its scale and bias still train).
-  - hier/losses.py: HIERLoss with 512 proxies (initialised as randn / sqrt(d) x 2.3 x 0.9),
-    margin 0.1, tau 0.1, top-20 reciprocal neighbours (`--topk 20`), 50 triplets per anchor;
-    PALoss_Angle: Proxy-Anchor on the cosine of the normalised embeddings and proxies, margin
-    0.1, alpha 32, proxies kaiming-normal (fan_out).
-  - hier/utils.py (MultiTransforms) and hier/helpers.py: random resized crop 224 at scale
-    (0.08, 1), bicubic, and flip for training; resize 256 (bicubic) + centre crop 224 for testing;
-    ImageNet mean / std.
-`--bn_freeze` is parsed with `type=bool`, so the script's `--bn_freeze False` (the string
-"False") is true: BatchNorm stays frozen in this run too, and so it is here.
+  - Everything the HIER configs share (hier/train.py, sampler.py, models/, losses.py,
+    utils.py), and the deviations they share: `jaxdml.train.recipes.hier`.
 
 Target (the paper's Table 1, misc/table.png of the repository, HIER R^512):
 Recall@1 80.2 (R@10 91.5, R@100 96.6).
 The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
 evaluation).
 
-Deviations:
-  - Precision: float32 here; the official runs use fp16 autocast with a gradient scaler, and
-    AdamW's eps 1e-4 that goes with it (ours: optax's default 1e-8).
-  - Two GPUs: the official loss sees both GPUs' embeddings but each GPU back-propagates through
-    its own half only and DistributedDataParallel averages the model's gradients (half the
-    full gradient); the loss modules are outside DistributedDataParallel, so each GPU updates
-    its own copy of the proxies. Ours: one loss and one update on the batch of 180. Under Adam
-    the factor of 2 matters only through eps and the clipping at 10.
-  - Warm-up: our frozen backbone keeps its optimiser state; the official AdamW still updates the
-    backbone's moment estimates while its learning rate is 0.
-  - Batches: 90 distinct classes x 2 images, as the official sampler, which draws a class's two
-    images with replacement (the same image can come twice); ours draws them without
-    replacement. ceil(n / 180) steps an epoch against the official floor(n / 180).
-  - BatchNorm: frozen, scale and bias included (`frozen_bn=True`); the official code keeps the
-    statistics fixed but trains BN's scale and bias.
-  - Resizing: jaxdml's bilinear resize; the official code resizes bicubically.
+Deviations (besides those of `jaxdml.train.recipes.hier`):
   - Evaluation every 5 epochs from the start, as `--eval_freq 5` (the official code starts
     at epoch 40).
 """

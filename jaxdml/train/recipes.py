@@ -147,6 +147,64 @@ def hier(name: str, dataset: str, model: str, *, embedding_dim: int, learning_ra
   `decay_rate` (None: constant); gradients clipped by value at 10; random resized crop 224 for
   training, resize 256 + centre crop 224 for testing, ImageNet mean / std for ResNet-50 and
   mean 0.5 / std 0.5 ("half") for the ImageNet-21k ViT; retrieval by hyperbolic distance.
+
+  Sources (github.com/tjddus9597/HIER-CVPR23 at 3986a74), ResNet-50 runs:
+    - hier/train.py: AdamW (eps 1e-4 under `--use_fp16 True`) on four parameter groups, all with
+      `--weight_decay` (hier/utils.py get_params_groups): the backbone x 1, the head ("last"
+      parameters) x `--fc_lr_scale`, the hierarchical proxies x 50, the Proxy-Anchor proxies
+      x 1e4; the learning rate scaled by (90 x 2 GPUs) / 180 = 1; the backbone's learning rate is
+      0 during the first `--warmup_epochs` epochs (a frozen warm-up, not a linear one); with
+      `--lr_decay` a per-iteration step schedule equal to StepLR (`step_scheduler`), without it a
+      constant rate; gradients clipped by value at 10 on the model and both losses
+      (`clip_gradients_value`; `--clip_grad` only switches it on); loss = `--lambda1` x
+      Proxy-Anchor + `--lambda2` x HIER on the embeddings of both GPUs (all-gathered); test-set
+      Recall@1 every `--eval_freq` epochs once the warm-up is over (on SOP and In-shop from epoch
+      40), by hyperbolic distance.
+    - hier/sampler.py (UniqueClassSampler with `--IPC 2`): each global batch holds 90 distinct
+      classes, 2 images of each drawn with replacement; len(train) // 180 batches an epoch.
+    - hier/models/model.py: head = LayerNorm without affine parameters -> Linear (orthogonal
+      init, zero bias) -> ToPoincare(c 0.1, clip_r 2.3, Riemannian gradient); hier/models/resnet.py:
+      global average + global max pooling (summed); `--bn_freeze` keeps BatchNorm in eval mode
+      (its scale and bias still train).
+    - hier/losses.py: HIERLoss with 512 proxies (initialised as randn / sqrt(d) x 2.3 x 0.9),
+      margin 0.1, tau 0.1, top-20 reciprocal neighbours (`--topk 20`), 50 triplets per anchor;
+      PALoss_Angle: Proxy-Anchor on the cosine of the normalised embeddings and proxies, margin
+      0.1, alpha 32, proxies kaiming-normal (fan_out).
+    - hier/utils.py (MultiTransforms) and hier/helpers.py: random resized crop 224 at scale
+      (0.08, 1), bicubic, and flip for training; resize 256 (bicubic) + centre crop 224 for testing;
+      ImageNet mean / std.
+
+  ViT-S/16 runs, where they differ:
+    - hier/models/model.py: head = LayerNorm without affine parameters -> Linear (orthogonal
+      init, zero bias) -> ToPoincare(c 0.1, clip_r 2.3, Riemannian gradient); ViT: timm's model with
+      class-token pooling, the patch embedding frozen (`freeze(body, 0)`).
+    - hier/utils.py (MultiTransforms) and hier/helpers.py: random resized crop 224 at scale
+      (0.2, 1), bicubic, and flip for training; resize 256 (bicubic) + centre crop 224 for testing;
+      mean 0.5, std 0.5 for ViT (hier/train.py).
+
+  Deviations of every config:
+    - Precision: float32 here; the official runs use fp16 autocast with a gradient scaler, and
+      AdamW's eps 1e-4 that goes with it (ours: optax's default 1e-8).
+    - Two GPUs: the official loss sees both GPUs' embeddings but each GPU back-propagates through
+      its own half only and DistributedDataParallel averages the model's gradients (half the
+      full gradient); the loss modules are outside DistributedDataParallel, so each GPU updates
+      its own copy of the proxies. Ours: one loss and one update on the batch of 180. Under Adam
+      the factor of 2 matters only through eps and the clipping at 10.
+    - Warm-up: our frozen backbone keeps its optimiser state; the official AdamW still updates the
+      backbone's moment estimates while its learning rate is 0.
+    - Batches: 90 distinct classes x 2 images, as the official sampler, which draws a class's two
+      images with replacement (the same image can come twice); ours draws them without
+      replacement. ceil(n / 180) steps an epoch against the official floor(n / 180).
+
+  ResNet-50 only:
+    - BatchNorm: frozen, scale and bias included (`frozen_bn=True`); the official code keeps the
+      statistics fixed but trains BN's scale and bias.
+    - Resizing: jaxdml's bilinear resize; the official code resizes bicubically.
+
+  ViT-S/16 only:
+    - Crops: random resized crop at scale (0.08, 1) with jaxdml's bilinear resize; the official
+      ViT runs use scale (0.2, 1) and bicubic interpolation.
+    - Patch embedding: trained here; the official code freezes it.
   """
   schedule = "constant" if decay_step is None else "step"
   return TrainConfig(
