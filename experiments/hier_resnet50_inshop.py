@@ -25,7 +25,7 @@ Recall@1 92.4 (R@10 98.2, R@20 98.8).
 The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
 evaluation).
 
-Deviations (besides those of `jaxdml.train.recipes.hier`):
+Deviations: those of `jaxdml.train.recipes.hier`, and
   - Evaluation every epoch from the start (the official code starts at epoch 40).
 """
 

@@ -22,7 +22,7 @@ Recall@1 80.2 (R@10 91.5, R@100 96.6).
 The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
 evaluation).
 
-Deviations (besides those of `jaxdml.train.recipes.hier`):
+Deviations: those of `jaxdml.train.recipes.hier`, and
   - Evaluation every 5 epochs from the start, as `--eval_freq 5` (the official code starts
     at epoch 40).
 """

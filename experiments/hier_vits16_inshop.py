@@ -31,7 +31,7 @@ dimension: 92.7.
 The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
 evaluation).
 
-Deviations (besides those of `jaxdml.train.recipes.hier`):
+Deviations: those of `jaxdml.train.recipes.hier`, and
   - Evaluation every epoch from the start (the official code starts at epoch 40).
 """
 

@@ -29,7 +29,7 @@ dimension: 85.5.
 The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
 evaluation).
 
-Deviations (besides those of `jaxdml.train.recipes.hier`):
+Deviations: those of `jaxdml.train.recipes.hier`, and
   - Evaluation every 5 epochs from the start, as `--eval_freq 5` (the official code starts
     at epoch 40).
 """
