@@ -21,18 +21,8 @@ github.com/lizhaoliu-Lec/DAS (read at 4f2a357):
     MultiStepLR with gamma 0.3, the class_random sampler; MS pos weight 2, neg weight 40,
     margin 0.1, thresh 0.5 (the Revisiting-DML defaults); DAS: 3 generated embeddings per real
     one, a bank of 10 transformations per class, generated embeddings L2-normalised.
-  - scripts/standard.py: one parameter group (no `--fc_lr`), Adam's `weight_decay` = `--decay`
-    (an L2 penalty added to the gradient).
-  - backbone/resnet50.py: "double" = global average + global max pooling (summed), a linear
-    512-d embedding, "normalize" = L2-normalised, "frozen" = BatchNorm kept in eval mode.
-  - loss/multisimilarity.py: per anchor, negatives with similarity + 0.1 above the lowest
-    positive similarity and positives with similarity - 0.1 below the highest negative one, then
-    the MS terms (= our multi-similarity miner with epsilon 0.1 and loss alpha 2, beta 40,
-    base 0.5).
-  - dataset/basic_dataset_scaffold.py: random resized crop 224 and flip for training, resize 256
-    + centre crop 224 for testing, ImageNet mean / std.
-  - scripts/_share.py: the test set is evaluated after every epoch (the best e_recall@1 is
-    checkpointed).
+  - Everything every DAS config shares, and their common deviations:
+    `jaxdml.train.recipes.das`.
 DAS here: `das.das_recipe("table1", "cars196", "multisimilarity")`: K = 8 scaled dimensions, scale
 factors in [0.99, 1.01], shift scale 0.01, generated embeddings detached.
 
@@ -45,8 +35,6 @@ Deviations:
     2 images of each with replacement; ours draws 56 distinct classes x 2 images.
   - Epoch length: ceil(8054 / 112) = 72 steps; the official sampler yields floor(8054 / 112) = 71
     batches an epoch.
-  - BatchNorm: the official code only keeps the statistics fixed (eval mode) and still trains
-    BN's scale and bias; `frozen_bn=True` here fixes those too.
   - Loss reduction: the official MS skips an anchor whose mined positives or mined negatives are
     empty and averages over the anchors it keeps (of the 4 x 112 real and generated ones); ours
     keeps the non-empty term and divides by the number of embeddings.

@@ -19,19 +19,6 @@ What each value rests on:
   - Verified in the README: the loss, `--mode feature`, `--alpha 2.0` (lambda ~ Beta(2, 2)),
     batch 100, 512-d, lr 6e-4, StepLR every 20 epochs x 0.25, 1 warm-up epoch, 5 images per
     class, BatchNorm not frozen (from the baseline command).
-  - Verified in the code read (train.py of the release; main.py and net/feature_resnet.py of
-    commit 7ce730c, the only main.py that could be read): gradients clipped by value at 10 on
-    the model; feature mixup mixes the ResNet-50 layer4 maps before pooling, then global
-    average + global max pooling (summed), the linear embedding and L2 normalisation; one lambda
-    per step; a coin flip per step between positive-negative pairs (an anchor's first positive
-    with each of its negatives) and anchor-negative pairs (anchors without a positive, with each
-    of their negatives); the mixed loss weighted 0.4 and added to the clean loss; Adam with one
-    learning rate for the backbone and the embedding and PyTorch's L2 `weight_decay`; the
-    backbone frozen for the `--warm` first epochs (only the embedding trains); random batches
-    on CUB / Cars, `BalancedSampler` (classes x `--images_per_class`) on SOP / In-shop; random
-    resized crop 224 and flip for training, resize 256 + centre crop 224 for testing, ImageNet
-    mean / std; `--bn_freeze 1` keeps BatchNorm in eval mode with its scale and bias fixed;
-    test-set recall after every epoch, the best kept.
   - Not verified (the main.py and the multi-similarity code of the release that the README
     describes could not be read): the multi-similarity values alpha 2, beta 50, base 0.5 and
     its miner's epsilon 0.1 (the pytorch-metric-learning defaults, whose formula the release's
@@ -40,6 +27,8 @@ What each value rests on:
     shows feature mixup for the contrastive loss only: the pairing and the weight are taken from
     there); the values the commands leave to main.py's argparse defaults, read in main.py at
     7ce730c: `--weight_decay 1e-4`.
+  - What every Metrix config shares, with what it rests on and their common
+    deviations: `jaxdml.train.recipes.metrix`.
 
 Target (the README's table, "MultiSimilarity + Metrix"): Recall@1 81.0 (R@10 92.0, R@100 97.2);
 the same code's multi-similarity baseline: 76.9 (89.8, 95.9). The code keeps the best of its
@@ -51,10 +40,6 @@ Deviations:
     the steps whose coin flip picks anchor-negative mixing (anchors without a positive only)
     mix nothing.
   - Epoch length: ceil(59551 / 100) = 596 steps (the official loader: 595).
-  - Mixed loss: L_clean + 0.4 L_mix with the mixed multi-similarity term on its own soft labels
-    (jaxdml.methods.metrix); the release's multi-similarity code with embedding mixup instead adds
-    the mixed pairs (weighted by lambda or 1 - lambda, and by 0.4) inside the clean terms'
-    log-sum-exp. Which form gave the README's numbers is not verified.
   - Epochs: 100, as the only Metrix command (CUB); the README's sentence may also mean the
     baseline's 60 (`--set epochs=60 'lr_decay_epochs=[20,40]'`). Not verified.
   - Evaluation every 5 epochs (60,502 test images a pass); the official code evaluates every

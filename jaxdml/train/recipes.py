@@ -78,6 +78,24 @@ def das(name: str, dataset: str, *, classes_per_batch: int = 56, weight_decay: f
   (`das.das_recipe("table1", dataset, "multisimilarity")`: K = 8 scaled dimensions, 3 generated
   embeddings per real one); random resized crop 224 for training, resize 256 + centre crop 224
   for testing.
+
+  Sources shared by every experiments/das_*.py config (github.com/lizhaoliu-Lec/DAS at 4f2a357):
+    - scripts/standard.py: one parameter group (no `--fc_lr`), Adam's `weight_decay` = `--decay`
+      (an L2 penalty added to the gradient).
+    - backbone/resnet50.py: "double" = global average + global max pooling (summed), a linear
+      512-d embedding, "normalize" = L2-normalised, "frozen" = BatchNorm kept in eval mode.
+    - loss/multisimilarity.py: per anchor, negatives with similarity + 0.1 above the lowest
+      positive similarity and positives with similarity - 0.1 below the highest negative one, then
+      the MS terms (= our multi-similarity miner with epsilon 0.1 and loss alpha 2, beta 40,
+      base 0.5).
+    - dataset/basic_dataset_scaffold.py: random resized crop 224 and flip for training, resize 256
+      + centre crop 224 for testing, ImageNet mean / std.
+    - scripts/_share.py: the test set is evaluated after every epoch (the best e_recall@1 is
+      checkpointed).
+
+  Deviations shared by every experiments/das_*.py config:
+    - BatchNorm: the official code only keeps the statistics fixed (eval mode) and still trains
+      BN's scale and bias; `frozen_bn=True` here fixes those too.
   """
   return TrainConfig(
       name=name, dataset=dataset, image_size=224, resize_size=256, num_workers=8,
@@ -107,6 +125,27 @@ def metrix(name: str, dataset: str, *, classes_per_batch: int, per_class: int,
   for the backbone and the embedding, StepLR every `decay_step` epochs by `decay_rate`, the
   backbone frozen for the `warm_epochs` first epochs, gradients clipped by value at 10; random
   resized crop 224 for training, resize 256 + centre crop 224 for testing.
+
+  Sources shared by every experiments/metrix_*.py config (github.com/billpsomas/Metrix_ICLR22):
+    - Verified in the code read (train.py of the release; main.py and net/feature_resnet.py of
+      commit 7ce730c, the only main.py that could be read): gradients clipped by value at 10 on
+      the model; feature mixup mixes the ResNet-50 layer4 maps before pooling, then global
+      average + global max pooling (summed), the linear embedding and L2 normalisation; one lambda
+      per step; a coin flip per step between positive-negative pairs (an anchor's first positive
+      with each of its negatives) and anchor-negative pairs (anchors without a positive, with each
+      of their negatives); the mixed loss weighted 0.4 and added to the clean loss; Adam with one
+      learning rate for the backbone and the embedding and PyTorch's L2 `weight_decay`; the
+      backbone frozen for the `--warm` first epochs (only the embedding trains); random batches
+      on CUB / Cars, `BalancedSampler` (classes x `--images_per_class`) on SOP / In-shop; random
+      resized crop 224 and flip for training, resize 256 + centre crop 224 for testing, ImageNet
+      mean / std; `--bn_freeze 1` keeps BatchNorm in eval mode with its scale and bias fixed;
+      test-set recall after every epoch, the best kept.
+
+  Deviations shared by every experiments/metrix_*.py config:
+    - Mixed loss: L_clean + 0.4 L_mix with the mixed multi-similarity term on its own soft labels
+      (jaxdml.methods.metrix); the release's multi-similarity code with embedding mixup instead adds
+      the mixed pairs (weighted by lambda or 1 - lambda, and by 0.4) inside the clean terms'
+      log-sum-exp. Which form gave the README's numbers is not verified.
   """
   return TrainConfig(
       name=name, dataset=dataset, image_size=224, resize_size=256, num_workers=8,
