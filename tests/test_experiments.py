@@ -326,7 +326,7 @@ def test_hier_recipe(path):
   assert c.das is None and c.metrix is None
 
 
-def test_hyperbolic_recipe_model_outputs_points_of_the_ball():
+def test_hyperbolic_recipe_model_has_the_hier_head_and_output_shape():
   """HIER's ViT-S/16 recipe, shapes only (`jax.eval_shape`: traced, not compiled)."""
   config = _load(EXPERIMENTS / "hier_vits16_cub.py")
   model, _ = builders.build_model(config)
