@@ -350,14 +350,23 @@ def make_objective(name: str, *, num_classes: int, dim: int, loss_kwargs: dict |
     return core.apply(params, {}, z, y, key)[0]
 
   def apply(params, state, z, y, key, embed_mixed=None):
-    k_core, k_das, k_mix, k_hier = jax.random.split(key, 4)
+    # Each method, from the outermost (HIER) in, splits its key into (inner, own) and passes the
+    # inner one on; the core loss gets what is left.
+    k_core = key
+    if hr is not None:
+      k_core, k_hier = jax.random.split(k_core)
+    if mx is not None:
+      k_core, k_mix = jax.random.split(k_core)
+    if das_cfg is not None:
+      k_core, k_das = jax.random.split(k_core)
     base_params = {k: v for k, v in params.items() if k != "hier"}
     aux = {}
     if das_cfg is not None:
       das_state = das_lib.das_update(state["das"], z, y)
       z_gen, y_gen = das_lib.das_generate(das_state, z, y, k_das,
                                           **das_cfg.generate_kwargs())
-      calls = iter(jax.random.split(k_core, 2))  # the aux loss calls the core loss twice
+      # with the auxiliary loss the core loss runs twice: combined batch, then the real one
+      calls = iter(jax.random.split(k_core) if das_cfg.aux_weight is not None else [k_core])
       loss = das_lib.das_loss(lambda zz, yy: core_loss(base_params, zz, yy, next(calls)), z, y,
                               z_gen, y_gen, aux_weight=das_cfg.aux_weight)
       state = {**state, "das": das_state}

@@ -145,8 +145,10 @@ def make_train_step(model: nn.Module, objective, tx: optax.GradientTransformatio
     # threaded through every forward pass of the step; each pass draws its own dropout masks
     current = {"model_state": model_state, "passes": 0}
 
-    def forward(x, method=None):
+    def forward(x, method=None, new_pass=True):
       variables = model_variables(params, current["model_state"])
+      if not new_pass:  # the second half of a pass split at the feature map: the same masks
+        current["passes"] -= 1
       kwargs = {"train": True, "rngs": {"dropout": jax.random.fold_in(k_drop, current["passes"])}}
       current["passes"] += 1
       if method is not None:
@@ -160,7 +162,7 @@ def make_train_step(model: nn.Module, objective, tx: optax.GradientTransformatio
     embed_mixed = None
     if mixup == "feature":
       features = forward(images, "features")
-      z = forward(features, "embed_features")
+      z = forward(features, "embed_features", new_pass=False)
       embed_mixed = lambda pairs: forward(metrix.mix_pairs(features, pairs), "embed_features")
     else:
       z = forward(images)
