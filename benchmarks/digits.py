@@ -66,20 +66,23 @@ def torch_run(data, train_labels, args, seed):
 
 
 def jax_run(data, train_labels, args, seed):
-  """The `jaxdml train` path (`run_digits`): returns test embeddings and training times."""
-  del data, train_labels  # run_digits builds the same benchmark from its config
-  from jaxdml.train import TrainConfig, run_digits
+  """The `jaxdml train` path (`jaxdml.app.experiment.run`): test embeddings and training times."""
+  del data, train_labels  # the run builds the same benchmark from its config
+  from jaxdml.app import build
+  from jaxdml.app.config import Config, apply_overrides
+  from jaxdml.app.experiment import run
+  from jaxdml.data import make_digit_pairs
   from jaxdml.train.evaluate import Embedder
 
-  config = TrainConfig(seed=seed, epochs=args.epochs, embedding_dim=args.dim,
-                       conv_impl=args.conv_impl, eval_baselines=False)
-  result = run_digits(config, progress=False, verbose=False)
-  from jaxdml.data import make_digit_pairs
-  from jaxdml.train import builders
-  model, _ = builders.build_model(config)
-  test = make_digit_pairs(config.data_seed).test_images
+  config = apply_overrides(Config(), [f"seed={seed}", f"loop.epochs={args.epochs}",
+                                      f"model.embedding_dim={args.dim}",
+                                      f"model.conv_impl={args.conv_impl}",
+                                      "eval.baselines=false"])
+  result = run(config, progress=False, verbose=False)
+  model, _ = build.build_model(config)
+  test = make_digit_pairs(config.data.data_seed).test_images
   state = result["state"]
-  emb = Embedder(model, builders.build_mesh(config)).arrays(state.params, state.model_state, test)
+  emb = Embedder(model, build.build_mesh(config)).arrays(state.params, state.model_state, test)
   return emb, result["train_seconds"], result["train_seconds"] - result["compile_seconds"]
 
 

@@ -48,22 +48,24 @@ import time
 
 import numpy as np
 
-COMMON = dict(eval_baselines=False, tensorboard=False)
-HYPERBOLIC = dict(head="hyperbolic", clip_value=10.0)
-HIER = dict(num_proxies=64)
-METRIX = dict(location="feature")
+# every row: dotted config overrides (as `jaxdml train --set ...` takes them) on the defaults
+COMMON = ["eval.baselines=false", "loop.tensorboard=false"]
+HYPERBOLIC = ["model.head=hyperbolic", "optim.clip_value=10"]
+PA = ["objective.loss=proxy_anchor"]
+HIER = ["objective.hier.num_proxies=64"]
+METRIX = ["objective.metrix.location=feature"]
+CONTRASTIVE = ["objective.loss=contrastive", "objective.loss_kwargs.neg_margin=0.5"]
 
 ROWS = {
-    "MS": dict(loss="multi_similarity"),
-    "MS + DAS": dict(loss="multi_similarity", das={}),
-    "MS + Metrix": dict(loss="multi_similarity", metrix=METRIX),
-    "contrastive": dict(loss="contrastive", loss_kwargs={"neg_margin": 0.5}),
-    "contrastive + Metrix": dict(loss="contrastive", loss_kwargs={"neg_margin": 0.5},
-                                 metrix=METRIX),
-    "PA (linear head)": dict(loss="proxy_anchor"),
-    "PA (hyperbolic head)": dict(loss="proxy_anchor", **HYPERBOLIC),
-    "PA + HIER": dict(loss="proxy_anchor", hier=HIER, **HYPERBOLIC),
-    "PA + Metrix + HIER": dict(loss="proxy_anchor", hier=HIER, metrix=METRIX, **HYPERBOLIC),
+    "MS": ["objective.loss=multi_similarity"],
+    "MS + DAS": ["objective.methods=das"],
+    "MS + Metrix": ["objective.methods=metrix", *METRIX],
+    "contrastive": CONTRASTIVE,
+    "contrastive + Metrix": [*CONTRASTIVE, "objective.methods=metrix", *METRIX],
+    "PA (linear head)": PA,
+    "PA (hyperbolic head)": [*PA, *HYPERBOLIC],
+    "PA + HIER": [*PA, *HYPERBOLIC, "objective.methods=hier", *HIER],
+    "PA + Metrix + HIER": [*PA, *HYPERBOLIC, "objective.methods=metrix,hier", *METRIX, *HIER],
 }
 
 
@@ -102,31 +104,35 @@ def hierarchy_agreement(emb, labels, c, proxies=None) -> dict[str, float]:
 
 
 def run_row(name: str, seed: int, images_per_class: int = 10, epochs: int = 10) -> dict:
+  from jaxdml.app import build
+  from jaxdml.app.config import Config, apply_overrides
+  from jaxdml.app.experiment import run
   from jaxdml.data import make_digit_pairs
   from jaxdml.methods import hier
-  from jaxdml.train import TrainConfig, builders
   from jaxdml.train.evaluate import Embedder
-  from jaxdml.train.run import run
 
-  config = TrainConfig(seed=seed, name=name, train_images_per_class=images_per_class,
-                       epochs=epochs, **COMMON, **ROWS[name])
+  config = apply_overrides(Config(name=name), [f"seed={seed}",
+                                               f"data.train_images_per_class={images_per_class}",
+                                               f"loop.epochs={epochs}", *COMMON, *ROWS[name]])
   t0 = time.perf_counter()
   out = run(config, progress=False, verbose=False)
   m = out["metrics"]["trained"]
   row = {"map@r": m["map@r"], "recall@1": m["recall@1"], "seconds": time.perf_counter() - t0}
-  if config.head == "hyperbolic":
-    data = make_digit_pairs(config.data_seed, train_images_per_class=images_per_class)
-    model, _ = builders.build_model(config)
+  ball = config.model.ball
+  if ball is not None:
+    c, clip_r = ball
+    data = make_digit_pairs(config.data.data_seed, train_images_per_class=images_per_class)
+    model, _ = build.build_model(config)
     state = out["state"]
-    emb = Embedder(model, builders.build_mesh(config)).arrays(state.params, state.model_state,
-                                                              data.test_images)
+    emb = Embedder(model, build.build_mesh(config)).arrays(state.params, state.model_state,
+                                                           data.test_images)
     proxies = None
-    if config.hier is not None:
+    if "hier" in config.objective.methods:
       raw = np.asarray(state.params["loss"]["hier"])
-      proxies = hier.hier_proxies_in_ball(raw, c=config.poincare_c, clip_r=config.clip_r)
+      proxies = hier.proxies_in_ball(raw, c=c, clip_r=clip_r)
       # proxies whose parameters outgrow the clipping radius all map to the same depth
-      row["proxies off rim"] = float(np.mean(np.linalg.norm(raw, axis=1) < config.clip_r))
-    row.update(hierarchy_agreement(emb, data.test_labels, config.poincare_c, proxies))
+      row["proxies off rim"] = float(np.mean(np.linalg.norm(raw, axis=1) < clip_r))
+    row.update(hierarchy_agreement(emb, data.test_labels, c, proxies))
   return row
 
 

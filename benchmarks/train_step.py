@@ -38,14 +38,14 @@ def jax_step_time(batch, args):
   import jax
   import jax.numpy as jnp
 
-  from jaxdml import models
-  from jaxdml.train import OptimizerSpec, make_mesh, make_objective, make_optimizer
-  from jaxdml.train.step import init_state, make_train_step, put_batch
+  from jaxdml import models, objectives
+  from jaxdml.train import OptimizerSpec, init_state, make_mesh, make_optimizer, put_batch
+  from jaxdml.train.step import make_train_step
 
   dtype = jnp.bfloat16 if args.bf16 else jnp.float32
   model = models.EmbeddingModel(backbone=models.resnet50(dtype=dtype), pooling="avg+max",
                                 embedding_dim=512)
-  objective = make_objective("proxy_anchor", num_classes=100, dim=512)
+  objective = objectives.core("proxy_anchor", num_classes=100, dim=512)
   tx = make_optimizer(OptimizerSpec(learning_rate=1e-4, lr_mult={"loss": 100.0}))
   mesh = make_mesh()
   if batch % mesh.size:

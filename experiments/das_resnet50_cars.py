@@ -22,8 +22,8 @@ github.com/lizhaoliu-Lec/DAS (read at 4f2a357):
     margin 0.1, thresh 0.5 (the Revisiting-DML defaults); DAS: 3 generated embeddings per real
     one, a bank of 10 transformations per class, generated embeddings L2-normalised.
   - Everything every DAS config shares, and their common deviations:
-    `jaxdml.train.recipes.das`.
-DAS here: `das.das_recipe("table1", "cars196", "multisimilarity")`: K = 8 scaled dimensions, scale
+    `recipes.das` (experiments/recipes.py).
+DAS here: `das.recipe("table1", "cars196", "multisimilarity")`: K = 8 scaled dimensions, scale
 factors in [0.99, 1.01], shift scale 0.01, generated embeddings detached.
 
 Target (paper Table 1, MS + DAS, R^512): Recall@1 87.84 (R@2 93.15, R@4 95.99, R@8 97.85). The
@@ -40,8 +40,9 @@ Deviations:
     keeps the non-empty term and divides by the number of embeddings.
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.das("das_resnet50_cars", "cars196", classes_per_batch=56, weight_decay=4e-4)

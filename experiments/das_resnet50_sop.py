@@ -21,8 +21,8 @@ github.com/lizhaoliu-Lec/DAS (read at 4f2a357):
     one, scale factors in [0.5, 2.0], a bank of 10 transformations per class, generated
     embeddings L2-normalised.
   - Everything every DAS config shares, and their common deviations:
-    `jaxdml.train.recipes.das`.
-DAS here: `das.das_recipe("table1", "online_products", "multisimilarity")`: K = 8 scaled
+    `recipes.das` (experiments/recipes.py).
+DAS here: `das.recipe("table1", "online_products", "multisimilarity")`: K = 8 scaled
 dimensions, scale factors in [0.5, 2.0], shift scale 0.1, gradients through the generated
 embeddings (no detach).
 
@@ -42,9 +42,10 @@ Deviations:
     epoch.
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.das("das_resnet50_sop", "sop", classes_per_batch=56, weight_decay=4e-4,
                      eval_every_epochs=5)

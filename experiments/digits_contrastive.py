@@ -5,9 +5,10 @@
 Reference (PyTorch + pytorch-metric-learning, same protocol): MAP@R 0.953.
 """
 
-from jaxdml.train import TrainConfig
+from jaxdml.app.config import Config, ObjectiveConfig
 
 
-def get_config() -> TrainConfig:
-  return TrainConfig(name="digits_contrastive", loss="contrastive",
-                     loss_kwargs={"pos_margin": 0.0, "neg_margin": 1.0})
+def get_config() -> Config:
+  return Config(name="digits_contrastive",
+                objective=ObjectiveConfig(loss="contrastive",
+                                          loss_kwargs={"pos_margin": 0.0, "neg_margin": 1.0}))

@@ -8,8 +8,10 @@ embeddings per real one); its memory is loss state in the train state and is che
 it. `benchmarks/methods.py` compares it with plain multi-similarity over seeds.
 """
 
-from jaxdml.train import TrainConfig
+from jaxdml.app.config import Config, ObjectiveConfig
+from jaxdml.methods import das
 
 
-def get_config() -> TrainConfig:
-  return TrainConfig(name="digits_das", loss="multi_similarity", das={})
+def get_config() -> Config:
+  return Config(name="digits_das", objective=ObjectiveConfig(
+      loss="multi_similarity", methods={"das": das.Settings()}))

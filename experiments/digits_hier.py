@@ -12,10 +12,13 @@ and gradients clipped by value at 10 as in HIER's recipe. The label hierarchy of
 how far the learned proxies recover it.
 """
 
-from jaxdml.train import TrainConfig
+from jaxdml.app.config import Config, ModelConfig, ObjectiveConfig, OptimConfig
+from jaxdml.methods import hier
 
 
-def get_config() -> TrainConfig:
-  return TrainConfig(name="digits_hier", loss="proxy_anchor",
-                     loss_kwargs={"margin": 0.1, "alpha": 32.0}, loss_lr_mult=100.0,
-                     head="hyperbolic", hier={"num_proxies": 64}, clip_value=10.0)
+def get_config() -> Config:
+  return Config(
+      name="digits_hier", model=ModelConfig(head="hyperbolic"),
+      objective=ObjectiveConfig(loss="proxy_anchor", loss_kwargs={"margin": 0.1, "alpha": 32.0},
+                                methods={"hier": hier.Settings(num_proxies=64)}),
+      optim=OptimConfig(loss_lr_mult=100.0, clip_value=10.0))

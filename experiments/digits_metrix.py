@@ -9,9 +9,10 @@ with every negative. `--set 'metrix={"location": "input"}'` mixes images, `"embe
 embeddings.
 """
 
-from jaxdml.train import TrainConfig
+from jaxdml.app.config import Config, ObjectiveConfig
+from jaxdml.methods import metrix
 
 
-def get_config() -> TrainConfig:
-  return TrainConfig(name="digits_metrix", loss="multi_similarity",
-                     metrix={"location": "feature"})
+def get_config() -> Config:
+  return Config(name="digits_metrix", objective=ObjectiveConfig(
+      loss="multi_similarity", methods={"metrix": metrix.Settings(location="feature")}))

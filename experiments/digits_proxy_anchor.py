@@ -5,9 +5,11 @@
 Reference (PyTorch + pytorch-metric-learning, same protocol): MAP@R 0.937.
 """
 
-from jaxdml.train import TrainConfig
+from jaxdml.app.config import Config, ObjectiveConfig, OptimConfig
 
 
-def get_config() -> TrainConfig:
-  return TrainConfig(name="digits_proxy_anchor", loss="proxy_anchor",
-                     loss_kwargs={"margin": 0.1, "alpha": 32.0}, loss_lr_mult=100.0)
+def get_config() -> Config:
+  return Config(name="digits_proxy_anchor",
+                objective=ObjectiveConfig(loss="proxy_anchor",
+                                          loss_kwargs={"margin": 0.1, "alpha": 32.0}),
+                optim=OptimConfig(loss_lr_mult=100.0))

@@ -15,20 +15,21 @@ Regularization", CVPR 2023, and its code, github.com/tjddus9597/HIER-CVPR23 (rea
     --loss PA --emb 512 --bn_freeze True --use_lastnorm True --optimizer adamw --lr_decay 5
     --lr_decay_gamma 0.5`.
   - Everything the HIER configs share (hier/train.py, sampler.py, models/, losses.py,
-    utils.py), and the deviations they share: `jaxdml.train.recipes.hier`.
+    utils.py), and the deviations they share: `recipes.hier` (experiments/recipes.py).
 
 Target (the paper's Table 1, misc/table.png of the repository, HIER R^512):
 Recall@1 70.1 (R@2 79.4, R@4 86.9).
 The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
 evaluation).
 
-Deviations: those every HIER config shares (`jaxdml.train.recipes.hier`).
+Deviations: those every HIER config shares (`recipes.hier` (experiments/recipes.py)).
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.hier("hier_resnet50_cub", "cub200", "resnet50",
       embedding_dim=512, learning_rate=1e-4, weight_decay=1e-2, epochs=100, warm_epochs=1,
       decay_step=5, decay_rate=0.5)

@@ -15,22 +15,23 @@ Regularization", CVPR 2023, and its code, github.com/tjddus9597/HIER-CVPR23 (rea
     --loss PA --emb 512 --bn_freeze False --use_lastnorm True --optimizer adamw
     --fc_lr_scale 1 --lr_decay 25 --lr_decay_gamma 0.3`.
   - Everything the HIER configs share (hier/train.py, sampler.py, models/, losses.py,
-    utils.py), and the deviations they share: `jaxdml.train.recipes.hier`.
+    utils.py), and the deviations they share: `recipes.hier` (experiments/recipes.py).
 
 Target (the paper's Table 1, misc/table.png of the repository, HIER R^512):
 Recall@1 80.2 (R@10 91.5, R@100 96.6).
 The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
 evaluation).
 
-Deviations: those of `jaxdml.train.recipes.hier`, and
+Deviations: those of `recipes.hier` (experiments/recipes.py), and
   - Evaluation every 5 epochs from the start, as `--eval_freq 5` (the official code starts
     at epoch 40).
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.hier("hier_resnet50_sop", "sop", "resnet50",
       embedding_dim=512, learning_rate=6e-4, weight_decay=1e-4, epochs=150, warm_epochs=5,
       decay_step=25, decay_rate=0.3, eval_every_epochs=5)

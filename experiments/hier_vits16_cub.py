@@ -21,7 +21,7 @@ Regularization", CVPR 2023, and its code, github.com/tjddus9597/HIER-CVPR23 (rea
     --model vit_small_patch16_224 --IPC 2 --loss PA --emb 128 --use_lastnorm True
     --optimizer adamw`.
   - Everything the HIER configs share (hier/train.py, sampler.py, models/, losses.py,
-    utils.py), and the deviations they share: `jaxdml.train.recipes.hier`.
+    utils.py), and the deviations they share: `recipes.hier` (experiments/recipes.py).
 
 Target (the paper's Table 1, misc/table.png of the repository, HIER V^128):
 Recall@1 84.2 (R@2 90.1, R@4 93.7). Hyp (Ermolov et al.) with the same backbone and
@@ -29,12 +29,13 @@ dimension: 84.0.
 The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
 evaluation).
 
-Deviations: those every HIER config shares (`jaxdml.train.recipes.hier`).
+Deviations: those every HIER config shares (`recipes.hier` (experiments/recipes.py)).
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.hier("hier_vits16_cub", "cub200", "vit_small_patch16",
       embedding_dim=128, learning_rate=1e-5, weight_decay=1e-2, epochs=100, warm_epochs=1)

@@ -23,7 +23,7 @@ Regularization", CVPR 2023, and its code, github.com/tjddus9597/HIER-CVPR23 (rea
     --model vit_small_patch16_224 --IPC 2 --loss PA --emb 512 --use_lastnorm True
     --optimizer adamw --fc_lr_scale 1e2`.
   - Everything the HIER configs share (hier/train.py, sampler.py, models/, losses.py,
-    utils.py), and the deviations they share: `jaxdml.train.recipes.hier`.
+    utils.py), and the deviations they share: `recipes.hier` (experiments/recipes.py).
 
 Target (the paper's Table 1, misc/table.png of the repository, HIER V^128):
 Recall@1 92.7 (R@10 98.4, R@20 98.9). Hyp (Ermolov et al.) with the same backbone and
@@ -31,14 +31,15 @@ dimension: 92.7.
 The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
 evaluation).
 
-Deviations: those of `jaxdml.train.recipes.hier`, and
+Deviations: those of `recipes.hier` (experiments/recipes.py), and
   - Evaluation every epoch from the start (the official code starts at epoch 40).
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.hier("hier_vits16_inshop", "inshop", "vit_small_patch16",
       embedding_dim=128, learning_rate=1e-5, weight_decay=1e-4, epochs=150, warm_epochs=5,
       head_lr_mult=100.0)

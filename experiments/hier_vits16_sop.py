@@ -21,7 +21,7 @@ Regularization", CVPR 2023, and its code, github.com/tjddus9597/HIER-CVPR23 (rea
     --model vit_small_patch16_224 --IPC 2 --loss PA --emb 128 --use_lastnorm True
     --optimizer adamw --fc_lr_scale 1e2`.
   - Everything the HIER configs share (hier/train.py, sampler.py, models/, losses.py,
-    utils.py), and the deviations they share: `jaxdml.train.recipes.hier`.
+    utils.py), and the deviations they share: `recipes.hier` (experiments/recipes.py).
 
 Target (the paper's Table 1, misc/table.png of the repository, HIER V^128):
 Recall@1 85.6 (R@10 94.6, R@100 97.8). Hyp (Ermolov et al.) with the same backbone and
@@ -29,15 +29,16 @@ dimension: 85.5.
 The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
 evaluation).
 
-Deviations: those of `jaxdml.train.recipes.hier`, and
+Deviations: those of `recipes.hier` (experiments/recipes.py), and
   - Evaluation every 5 epochs from the start, as `--eval_freq 5` (the official code starts
     at epoch 40).
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.hier("hier_vits16_sop", "sop", "vit_small_patch16",
       embedding_dim=128, learning_rate=1e-5, weight_decay=1e-4, epochs=150, warm_epochs=5,
       head_lr_mult=100.0, eval_every_epochs=5)

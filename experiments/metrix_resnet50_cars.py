@@ -27,7 +27,7 @@ What each value rests on:
     there); the values the commands leave to main.py's argparse defaults, read in main.py at
     7ce730c: `--lr_decay_step 10`, `--warm 5`, `--weight_decay 1e-4` and `--bn_freeze 1`.
   - What every Metrix config shares, with what it rests on and their common
-    deviations: `jaxdml.train.recipes.metrix`.
+    deviations: `recipes.metrix` (experiments/recipes.py).
 
 Target (the README's table, "MultiSimilarity + Metrix"): Recall@1 89.6 (R@2 94.2, R@4 96.0);
 the same code's multi-similarity baseline: 87.8 (92.7, 95.3). The code keeps the best of its
@@ -48,10 +48,11 @@ Deviations:
     'lr_decay_epochs=[5,10,15,20,25,30,35,40,45,50,55]'`. Not verified which was run.
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.metrix("metrix_resnet50_cars", "cars196",
       classes_per_batch=50, per_class=2, learning_rate=1e-4, decay_step=10, decay_rate=0.5,
       warm_epochs=5, frozen_bn=True)

@@ -25,7 +25,7 @@ What each value rests on:
     there); the values the commands leave to main.py's argparse defaults, read in main.py at
     7ce730c: `--lr_decay_step 10`, `--warm 5`, `--weight_decay 1e-4` and `--bn_freeze 1`.
   - What every Metrix config shares, with what it rests on and their common
-    deviations: `jaxdml.train.recipes.metrix`.
+    deviations: `recipes.metrix` (experiments/recipes.py).
 
 Target (the README's table, "MultiSimilarity + Metrix"): Recall@1 71.4 (R@2 80.6, R@4 86.8);
 the same code's multi-similarity baseline: 67.8 (77.8, 85.6). The code keeps the best of its
@@ -43,10 +43,11 @@ Deviations:
   - Epoch length: ceil(5864 / 100) = 59 steps (the official loader: 58).
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.metrix("metrix_resnet50_cub", "cub200",
       classes_per_batch=50, per_class=2, learning_rate=1e-4, decay_step=10, decay_rate=0.5,
       warm_epochs=5, frozen_bn=True)

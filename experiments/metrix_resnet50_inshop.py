@@ -31,7 +31,7 @@ What each value rests on:
     there); the values the commands leave to main.py's argparse defaults, read in main.py at
     7ce730c: `--weight_decay 1e-4`.
   - What every Metrix config shares, with what it rests on and their common
-    deviations: `jaxdml.train.recipes.metrix`.
+    deviations: `recipes.metrix` (experiments/recipes.py).
 
 Target (the README's table, "MultiSimilarity + Metrix"): Recall@1 92.2 (R@10 98.5, R@20 98.6);
 the same code's multi-similarity baseline: 90.1 (97.6, 98.4). The code keeps the best of its
@@ -49,10 +49,11 @@ Deviations:
     code evaluates every epoch.
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.metrix("metrix_resnet50_inshop", "inshop",
       classes_per_batch=20, per_class=5, learning_rate=6e-4, decay_step=20, decay_rate=0.25,
       warm_epochs=1, frozen_bn=False, eval_every_epochs=5)

@@ -28,7 +28,7 @@ What each value rests on:
     there); the values the commands leave to main.py's argparse defaults, read in main.py at
     7ce730c: `--weight_decay 1e-4`.
   - What every Metrix config shares, with what it rests on and their common
-    deviations: `jaxdml.train.recipes.metrix`.
+    deviations: `recipes.metrix` (experiments/recipes.py).
 
 Target (the README's table, "MultiSimilarity + Metrix"): Recall@1 81.0 (R@10 92.0, R@100 97.2);
 the same code's multi-similarity baseline: 76.9 (89.8, 95.9). The code keeps the best of its
@@ -46,10 +46,11 @@ Deviations:
     epoch.
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.metrix("metrix_resnet50_sop", "sop",
       classes_per_batch=20, per_class=5, learning_rate=6e-4, decay_step=20, decay_rate=0.25,
       warm_epochs=1, frozen_bn=False, eval_every_epochs=5)

@@ -47,8 +47,9 @@ Deviations:
   - Evaluation every 3 epochs (222 steps) instead of every 200 iterations.
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.multi_similarity("ms_bninception_cub", "cub200", "bn_inception")

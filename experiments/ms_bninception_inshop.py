@@ -42,9 +42,10 @@ Deviations (besides the recipe being derived):
     images; the official code evaluates every 200 iterations.
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.multi_similarity("ms_bninception_inshop", "inshop", "bn_inception",
       eval_every_epochs=5, checkpoint_every_epochs=5)

@@ -38,8 +38,9 @@ Deviations (besides the recipe being derived):
   - Evaluation every 3 epochs (303 steps); the official code evaluates every 200 iterations.
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.multi_similarity("ms_resnet50_cars", "cars196", "resnet50")

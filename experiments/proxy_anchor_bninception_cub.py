@@ -34,10 +34,11 @@ Deviations:
     for the whole run.
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.proxy_anchor("proxy_anchor_bninception_cub", "cub200", "bn_inception",
       classes_per_batch=90, per_class=2, learning_rate=0.0001, warm_epochs=1, frozen_bn=True,
       decay_step=10)

@@ -37,10 +37,11 @@ Deviations:
     gallery images); use `--set eval_every_epochs=1` for the official protocol.
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.proxy_anchor("proxy_anchor_bninception_inshop", "inshop", "bn_inception",
       classes_per_batch=180, per_class=1, learning_rate=0.0006, warm_epochs=1, frozen_bn=False,
       decay_step=20, decay_rate=0.25, eval_every_epochs=5, checkpoint_every_epochs=5)

@@ -32,10 +32,11 @@ Deviations (besides the recipe being derived):
   - Evaluation every 5 epochs (60,502 test images a pass); the official code evaluates every epoch.
 """
 
-from jaxdml.train import TrainConfig, recipes
+from experiments import recipes
+from jaxdml.app.config import Config
 
 
-def get_config() -> TrainConfig:
+def get_config() -> Config:
   return recipes.proxy_anchor("proxy_anchor_resnet50_sop", "sop", "resnet50",
       classes_per_batch=120, per_class=1, learning_rate=0.0006, warm_epochs=1, frozen_bn=False,
       decay_step=20, decay_rate=0.25, eval_every_epochs=5, checkpoint_every_epochs=5)

@@ -1,6 +1,6 @@
 """Command line.
 
-  jaxdml train [--config FILE|NAME] [flags] [--set key=value ...]   train + evaluate
+  jaxdml train [--config FILE|NAME] [flags] [--set path=value ...]  train + evaluate
   jaxdml eval --workdir DIR                                          evaluate a run's checkpoint
 
 A training run writes its config, checkpoints, metrics.jsonl, TensorBoard events, curves.png and
@@ -11,84 +11,85 @@ with `--workdir` of an interrupted run resumes it from its newest checkpoint.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import sys
 import time
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+#: command-line flag -> the config field it sets
+FLAGS = {"loss": "objective.loss", "miner": "objective.miner", "epochs": "loop.epochs",
+         "embedding_dim": "model.embedding_dim", "classes_per_batch": "data.classes_per_batch",
+         "per_class": "data.per_class", "seed": "seed", "learning_rate": "optim.learning_rate",
+         "dataset": "data.dataset", "data_dir": "data.data_dir", "manual_dir": "data.manual_dir",
+         "model": "model.name", "pretrained": "model.pretrained", "image_size": "data.image_size",
+         "num_devices": "loop.num_devices", "num_workers": "data.num_workers",
+         "workdir": "loop.workdir"}
 
 
-def load_config(spec: str | None):
-  """Loads `get_config()` from a file path, or a name in experiments/ ("digits")."""
-  from jaxdml.train import TrainConfig
-  if spec is None:
-    return TrainConfig()
-  path = pathlib.Path(spec)
-  if not path.suffix:
-    path = CONFIG_DIR / f"{spec}.py"
-  if not path.exists():
-    raise SystemExit(f"config {spec!r} not found (looked for {path}).")
-  module_spec = importlib.util.spec_from_file_location(f"jaxdml_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise SystemExit(f"{path} defines no get_config().")
-  return module.get_config()
+def _errors():
+  import pydantic  # noqa: PLC0415
+  return (ValueError, TypeError, FileNotFoundError, pydantic.ValidationError)
 
 
-FLAGS = ("loss", "miner", "epochs", "embedding_dim", "classes_per_batch", "per_class", "seed",
-         "learning_rate", "dataset", "data_dir", "manual_dir", "model", "pretrained",
-         "image_size", "num_devices", "num_workers", "workdir")
+def _message(e: Exception) -> str:
+  import pydantic  # noqa: PLC0415
+  if isinstance(e, pydantic.ValidationError):
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {err['msg']}" if loc else err["msg"]
+  return str(e)
+
+
+def _config_from_args(args):
+  from jaxdml.app import config as cfg  # noqa: PLC0415
+  config = cfg.load(args.config)
+  if args.loss is not None and args.loss != config.objective.loss:
+    # the config's loss hyperparameters belong to its own loss; start the new one from its
+    # defaults (a --set objective.loss_kwargs... below still applies)
+    config = cfg.set_value(config, "objective.loss_kwargs", {})
+  flags = {path: getattr(args, flag) for flag, path in FLAGS.items()
+           if getattr(args, flag) is not None}
+  config = cfg.apply_overrides(config, list(args.set or []), values=flags)
+  if config.loop.workdir is None and not args.no_workdir:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    config = cfg.set_value(config, "loop.workdir", f"runs/{config.name}-{stamp}")
+  return config
 
 
 def _train(args) -> int:
-  from jaxdml.train import NonFiniteLossError, run
-  config = load_config(args.config)
-  overrides = []
-  if args.loss is not None and args.loss != config.loss:
-    # the config's loss hyperparameters belong to its own loss; start the new one from its
-    # defaults (a --set loss_kwargs=... below still applies)
-    overrides.append("loss_kwargs={}")
-  overrides += list(args.set or [])
-  for flag in FLAGS:
-    value = getattr(args, flag)
-    if value is not None:
-      overrides.append(f"{flag}={json.dumps(value)}")
+  from jaxdml.app.experiment import run  # noqa: PLC0415
+  from jaxdml.train import NonFiniteLossError  # noqa: PLC0415
   try:
-    config = config.override(overrides)
-    if config.workdir is None and not args.no_workdir:
-      stamp = time.strftime("%Y%m%d-%H%M%S")
-      config = config.override([f"workdir={json.dumps(f'runs/{config.name}-{stamp}')}"])
+    config = _config_from_args(args)
     result = run(config, progress=not args.no_progress)
-  except (ValueError, TypeError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
   except NonFiniteLossError as e:
     print(f"training stopped: {e}", file=sys.stderr)
     return 3
+  except _errors() as e:
+    print(f"error: {_message(e)}", file=sys.stderr)
+    return 2
   _write_output(args.output, result)
   return 0
 
 
 def _write_output(path, result) -> None:
   if path:
-    out = {"metrics": result["metrics"], "train_seconds": result["train_seconds"],
+    out = {"metrics": result["metrics"], "final": result["final"],
+           "train_seconds": result["train_seconds"],
            "compile_seconds": result["compile_seconds"], "config": result["config"],
            "resumed_from": result["resumed_from"]}
     pathlib.Path(path).write_text(json.dumps(out, indent=2))
 
 
 def _eval(args) -> int:
-  from jaxdml.train import run
-  from jaxdml.train.run import load_run_config
+  from jaxdml.app import config as cfg  # noqa: PLC0415
+  from jaxdml.app.experiment import load_run_config, run  # noqa: PLC0415
   try:
-    config = load_run_config(args.workdir).override(list(args.set or []))
-    config = config.override([f"workdir={json.dumps(args.workdir)}"])
+    config = cfg.apply_overrides(load_run_config(args.workdir), list(args.set or []))
+    config = cfg.set_value(config, "loop.workdir", args.workdir)
     result = run(config, progress=False, eval_only=True)
-  except (ValueError, TypeError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except _errors() as e:
+    print(f"error: {_message(e)}", file=sys.stderr)
     return 2
   _write_output(args.output, result)
   return 0
@@ -126,15 +127,17 @@ def main(argv: list[str] | None = None) -> int:
                      help="write nothing (no checkpoints, logs or plots)")
   train.add_argument("--distributed", action="store_true",
                      help="call jax.distributed.initialize() first (multi-host TPU/GPU)")
-  train.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="override any config field (JSON values), e.g. "
-                     "--set 'loss_kwargs={\"margin\": 0.2}'")
+  train.add_argument("--set", action="append", metavar="PATH=VALUE",
+                     help="override a config field by its dotted path, parsed against the "
+                     "field's type, e.g. --set optim.learning_rate=3e-4, --set "
+                     "objective.methods=das,hier, --set objective.hier.num_proxies=64, --set "
+                     "objective.loss_kwargs.neg_margin=0.5")
   train.add_argument("--output", help="write metrics and timings as JSON to this file")
   train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   ev = sub.add_parser("eval", help="evaluate the newest checkpoint of a run directory")
   ev.add_argument("--workdir", required=True)
-  ev.add_argument("--set", action="append", metavar="KEY=VALUE",
-                  help="override config fields (e.g. data_dir, eval_batch_size)")
+  ev.add_argument("--set", action="append", metavar="PATH=VALUE",
+                  help="override config fields (e.g. data.data_dir, eval.batch_size)")
   ev.add_argument("--output", help="write metrics as JSON to this file")
   ev.add_argument("--distributed", action="store_true")
   args = parser.parse_args(argv)

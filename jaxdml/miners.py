@@ -14,14 +14,14 @@ import jax.numpy as jnp
 
 from jaxdml import _checks
 from jaxdml._sort import argsort_rows
-from jaxdml.losses import _generic
+from jaxdml.targets import pair_weights
 
 Array = jax.Array
 
 
 def _weights(x, target, mask, name):
   _checks.matrix_triple(x, target, mask, name)
-  pos_w, neg_w = _generic.pair_weights(target, mask)
+  pos_w, neg_w = pair_weights(target, mask)
   return pos_w > 0, neg_w > 0
 
 

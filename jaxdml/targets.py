@@ -81,3 +81,23 @@ def negatives(target: Array, mask: Array | None) -> Array:
   """Bool [Q, R]: pairs with a negative part (target < 1) that take part."""
   neg = target < 1
   return neg if mask is None else neg & mask
+
+
+def pair_weights(target: Array, mask: Array | None) -> tuple[Array, Array]:
+  """Positive weights `y` and negative weights `1 - y` of every pair, zero outside the mask.
+
+  The weights every pair loss and miner reads: a pair is a positive with weight `target` and a
+  negative with weight `1 - target`, so a soft (mixed) target counts on both sides.
+
+  >>> import jax.numpy as jnp
+  >>> pos, neg = pair_weights(jnp.array([[1.0, 0.25]]), jnp.array([[True, True]]))
+  >>> pos.tolist(), neg.tolist()
+  ([[1.0, 0.25]], [[0.0, 0.75]])
+  """
+  target = target.astype(jnp.float32) if not jnp.issubdtype(target.dtype, jnp.floating) else target
+  pos = target
+  neg = 1.0 - target
+  if mask is not None:
+    pos = jnp.where(mask, pos, 0.0)
+    neg = jnp.where(mask, neg, 0.0)
+  return pos, neg

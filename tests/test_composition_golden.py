@@ -1,9 +1,11 @@
 """Golden values of the seed methods and their composition.
 
 The values in tests/golden/composition.npz were recorded by the objectives of the library before
-composition became a value (the last commit with `jaxdml.train.objectives.make_objective`). This
-test rebuilds the same objectives and runs the same train steps through the current API and
-checks that losses, diagnostics, gradients, updated parameters and DAS state are unchanged.
+composition became a value (by `jaxdml.train.objectives.make_objective`, which composed a core
+loss with DAS, Metrix and HIER in that fixed order from dicts of settings). This test rebuilds
+the same objectives as values (`methods.X.wrap` around `objectives.core`, in the same order) and
+runs the same train steps through the current API, and checks that losses, diagnostics,
+gradients, initial and updated parameters and DAS state are unchanged.
 
 Recording again (only after a deliberate change of what the methods compute, said in the
 commit): `JAXDML_WRITE_GOLDEN=1 python -m pytest tests/test_composition_golden.py`.
@@ -11,6 +13,7 @@ commit): `JAXDML_WRITE_GOLDEN=1 python -m pytest tests/test_composition_golden.p
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 
@@ -21,10 +24,12 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdml import similarity
+from jaxdml import objectives, similarity
+from jaxdml.methods import das, hier, metrix
 from jaxdml.models import EmbeddingHead
-from jaxdml.train import make_objective
-from jaxdml.train.step import init_state, make_mesh, make_train_step
+from jaxdml.train.sharding import make_mesh
+from jaxdml.train.state import init_state
+from jaxdml.train.step import make_train_step
 
 GOLDEN = pathlib.Path(__file__).resolve().parent / "golden" / "composition.npz"
 WRITE = os.environ.get("JAXDML_WRITE_GOLDEN") == "1"
@@ -67,12 +72,24 @@ OBJECTIVES = {
 
 
 def build(loss, kwargs):
-  """The objective of a case (the API under test)."""
-  return make_objective(loss, num_classes=NUM_CLASSES, dim=DIM, **kwargs)
+  """The objective of a case (the API under test): the core loss, then DAS, Metrix and HIER
+  around it, as the recorded objectives composed them."""
+  obj = objectives.core(loss, num_classes=NUM_CLASSES, dim=DIM, miner=kwargs.get("miner"),
+                        **kwargs.get("loss_kwargs", {}))
+  if "das" in kwargs:
+    settings = dict(kwargs["das"])
+    recipe = settings.pop("recipe", None)
+    base = das.recipe(*recipe) if recipe else das.Settings()
+    obj = das.wrap(obj, dataclasses.replace(base, **settings), num_classes=NUM_CLASSES, dim=DIM)
+  if "metrix" in kwargs:
+    obj = metrix.wrap(obj, metrix.Settings(**kwargs["metrix"]))
+  if "hier" in kwargs:
+    obj = hier.wrap(obj, hier.Settings(**kwargs["hier"]), dim=DIM)
+  return obj
 
 
 def apply(obj, params, state, z, y, key):
-  return obj.apply(params, state, z, y, key)
+  return obj.apply(params, state, objectives.Batch(z, y), key)
 
 
 def _embeddings(kind):
@@ -115,8 +132,10 @@ def objective_values(name):
 
 
 class Tiny(nn.Module):
-  """Dense -> batch norm -> ReLU features, dropout -> embedding head: batch-norm state and dropout
-  masks are threaded through every forward pass of a step."""
+  """Dense -> batch norm -> tanh features, dropout -> embedding head: batch-norm state and dropout
+  masks are threaded through every forward pass of a step. (tanh, not ReLU: a unit dead for
+  every example would make embeddings identical, and the distance losses' gradient at zero
+  distance is ill-conditioned.)"""
 
   hyperbolic: bool = False
 
@@ -131,7 +150,7 @@ class Tiny(nn.Module):
       self.head = EmbeddingHead(DIM)
 
   def features(self, x, *, train=False):
-    return nn.relu(self.bn(self.dense(x), use_running_average=not train))
+    return jnp.tanh(self.bn(self.dense(x), use_running_average=not train))
 
   def embed_features(self, f, *, train=False):
     return self.head(self.drop(f, deterministic=not train))
@@ -163,7 +182,7 @@ def step_values(name):
   x = jnp.asarray(rng.normal(size=(12, 6)).astype(np.float32))
   y = jnp.asarray(np.repeat(np.arange(NUM_CLASSES), 3).astype(np.int32))
   model = Tiny(hyperbolic)
-  tx = optax.adam(1e-2)
+  tx = optax.sgd(0.05)  # plain SGD: Adam would turn float noise in ~0 gradients into O(lr)
   mesh = make_mesh(1)
   state = init_state(jax.random.PRNGKey(3), model, obj, x[:2], tx, mesh)
   step = make_train_step(model, obj, tx, mesh=mesh, donate=False)

@@ -11,15 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdml import cli
+from jaxdml import objectives
+from jaxdml.app import build as builders
+from jaxdml.app.config import Config, load
 from jaxdml.geometry import poincare
 from jaxdml.methods import das as das_lib
-from jaxdml.methods import metrix as metrix_lib
-from jaxdml.train import TrainConfig, builders
-from jaxdml.train.objectives import das_settings, hier_settings, metrix_settings
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
-CONFIGS = sorted(p for p in EXPERIMENTS.glob("*.py") if p.name != "__init__.py")
+CONFIGS = sorted(p for p in EXPERIMENTS.glob("*.py")
+                 if p.name not in ("__init__.py", "recipes.py"))
 RECIPES = [p for p in CONFIGS if not p.stem.startswith("digits")]
 PA_MS = [p for p in RECIPES if p.stem.startswith(("ms_", "proxy_anchor_"))]
 DAS = [p for p in RECIPES if p.stem.startswith("das_")]
@@ -45,8 +45,8 @@ PROXY_ANCHOR = {
 }
 
 
-def _load(path: pathlib.Path) -> TrainConfig:
-  return cli.load_config(str(path))
+def _load(path: pathlib.Path) -> Config:
+  return load(str(path))
 
 
 def _parts(path: pathlib.Path) -> tuple[str, str, str]:
@@ -69,8 +69,7 @@ def test_every_recipe_is_there():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_loads_and_validates(path):
   config = _load(path)
-  assert isinstance(config, TrainConfig)
-  config.validate()
+  assert isinstance(config, Config)
   builders.build_optimizer(config, steps_per_epoch=10)  # validates the optimiser fields
   builders.build_model(config)  # constructs (no weights): catches conflicting model settings
   assert f"jaxdml train --config experiments/{path.name}" in path.read_text()
@@ -82,36 +81,35 @@ def test_recipe_common_values(path):
   _, net, data = _parts(path)
   text = path.read_text()
   assert config.name == path.stem
-  assert config.dataset == DATASETS[data]
-  assert config.model == MODELS[net]
-  assert config.pretrained is None  # passed with --pretrained
+  assert config.data.dataset == DATASETS[data]
+  assert config.model.name == MODELS[net]
+  assert config.model.pretrained is None  # passed with --pretrained
   assert "--pretrained " in text
-  assert config.recall_ks == RECALL_KS[config.dataset]
-  assert config.resize_size == 256
-  if config.dataset == "inshop":
+  assert config.eval.recall_ks == RECALL_KS[config.data.dataset]
+  assert config.data.resize_size == 256
+  if config.data.dataset == "inshop":
     assert "--manual-dir " in text
   if path in PA_MS:
-    assert config.embedding_dim == 512 and config.normalize_embeddings
-    assert config.schedule == "step"
+    assert config.model.embedding_dim == 512 and config.model.normalize_embeddings
+    assert config.optim.schedule == "step"
   else:  # the new recipes state their source, target and deviations
-    assert config.image_size == 224
+    assert config.data.image_size == 224
     assert "Source:" in text and "Target" in text and "Deviations:" in text
 
 
-def _embeddings(config: TrainConfig, key: jax.Array, n: int = 12) -> jax.Array:
+def _embeddings(config: Config, key: jax.Array, n: int = 12) -> jax.Array:
   """n embeddings as the model would give them: unit vectors, or points of the Poincare ball."""
-  z = jax.random.normal(key, (n, config.embedding_dim))
-  if config.head == "hyperbolic":
-    return poincare.to_poincare(z, c=config.poincare_c, clip_r=config.clip_r)
+  z = jax.random.normal(key, (n, config.model.embedding_dim))
+  if config.model.head == "hyperbolic":
+    return poincare.to_poincare(z, c=config.model.poincare_c, clip_r=config.model.clip_r)
   return z / jnp.linalg.norm(z, axis=1, keepdims=True)
 
 
 def _objective_key(path: pathlib.Path) -> str:
   """The config fields that define a recipe's objective (configs that share them share it)."""
   c = _load(path)
-  das = das_settings(c.das) if c.das is not None else None
-  return repr((c.loss, c.loss_kwargs, c.miner, c.miner_kwargs, das, c.metrix, c.hier, c.head,
-               c.poincare_c, c.clip_r, c.embedding_dim))
+  return repr((c.objective, c.model.head,
+               c.model.poincare_c, c.model.clip_r, c.model.embedding_dim))
 
 
 # One config per distinct objective (e.g. the four HIER ResNet-50 configs share theirs): HIER's
@@ -130,12 +128,11 @@ def test_recipe_objective_runs(path):
   params = objective.init(key)
   z = _embeddings(config, key)
   y = jnp.repeat(jnp.arange(6), 2)
-  embed_mixed = None
-  if objective.mixup in ("input", "feature"):  # stands in for the train step's forward pass
-    def embed_mixed(pairs):
-      m = metrix_lib.mix_pairs(z, pairs)
-      return m / jnp.linalg.norm(m, axis=1, keepdims=True)
-  apply = jax.jit(lambda p, s, z, k: objective.apply(p, s, z, y, k, embed_mixed=embed_mixed))
+  # the model seam, standing in for the train step's network: features are the embeddings
+  unit = lambda m: m / jnp.linalg.norm(m, axis=1, keepdims=True)
+  fns = objectives.ModelFns(embed=unit, features=lambda x: x, head=unit)
+  apply = jax.jit(lambda p, s, z, k: objective.apply(
+      p, s, objectives.Batch(z, y, inputs=z, features=z, model=fns), k))
   loss, _, aux = apply(params, objective.init_state(), z, key)
   assert np.isfinite(float(loss))
   assert all(np.isfinite(float(v)) for v in aux.values())
@@ -147,24 +144,26 @@ def test_proxy_anchor_recipe(path):
   c = _load(path)
   _, net, data = _parts(path)
   batch, lr, warm, bn_freeze, step, gamma = PROXY_ANCHOR[(net, data)]
-  assert c.loss == "proxy_anchor" and c.miner is None
-  assert c.loss_kwargs == {"margin": 0.1, "alpha": 32.0}
-  assert c.pooling == "avg+max"
-  assert c.optimizer == "adamw" and c.weight_decay == 1e-4
-  assert c.loss_weight_decay is None  # the proxies' group decays too
-  assert c.backbone_lr_mult == 1.0 and c.head_lr_mult == 1.0 and c.loss_lr_mult == 100
-  assert c.clip_value == 10 and c.clip_norm is None
-  assert c.epochs == 60
-  assert c.classes_per_batch * c.per_class == batch
-  assert c.learning_rate == lr
-  assert c.freeze_backbone_epochs == warm and c.warmup_epochs == 0
-  assert c.frozen_bn == bn_freeze
-  assert c.lr_decay_epochs == tuple(range(step, c.epochs, step))  # StepLR
-  assert c.lr_decay_rate == gamma
-  assert (c.image_size, c.resize_size) == (224, 256)
+  assert c.objective.loss == "proxy_anchor" and c.objective.miner is None
+  assert c.objective.loss_kwargs == {"margin": 0.1, "alpha": 32.0}
+  assert c.model.pooling == "avg+max"
+  assert c.optim.optimizer == "adamw" and c.optim.weight_decay == 1e-4
+  assert c.optim.loss_weight_decay is None  # the proxies' group decays too
+  assert c.optim.backbone_lr_mult == 1.0
+  assert c.optim.head_lr_mult == 1.0
+  assert c.optim.loss_lr_mult == 100
+  assert c.optim.clip_value == 10 and c.optim.clip_norm is None
+  assert c.loop.epochs == 60
+  assert c.data.classes_per_batch * c.data.per_class == batch
+  assert c.optim.learning_rate == lr
+  assert c.optim.freeze_backbone_epochs == warm and c.optim.warmup_epochs == 0
+  assert c.model.frozen_bn == bn_freeze
+  assert c.optim.lr_decay_epochs == tuple(range(step, c.loop.epochs, step))  # StepLR
+  assert c.optim.lr_decay_rate == gamma
+  assert (c.data.image_size, c.data.resize_size) == (224, 256)
   # random batches in the official code: the nearest P x M (M = 2 on the 100-class datasets,
   # M = 1 on SOP / In-shop, where a random batch rarely holds two images of one class)
-  assert c.per_class == (2 if data in ("cub", "cars") else 1)
+  assert c.data.per_class == (2 if data in ("cub", "cars") else 1)
 
 
 @pytest.mark.parametrize("path", [p for p in PA_MS if p.stem.startswith("ms_")],
@@ -172,22 +171,27 @@ def test_proxy_anchor_recipe(path):
 def test_multi_similarity_recipe(path):
   c = _load(path)
   _, net, _ = _parts(path)
-  assert c.loss == "multi_similarity"
-  assert c.loss_kwargs == {"alpha": 2.0, "beta": 40.0, "base": 0.5}  # SCALE_POS/NEG, thresh
-  assert c.miner == "multi_similarity" and c.miner_kwargs == {"epsilon": 0.1}
-  assert c.pooling == ("max" if net == "bninception" else "avg")
-  assert c.frozen_bn
-  assert c.optimizer == "adam" and c.learning_rate == 3e-5 and c.weight_decay == 5e-4
-  assert c.backbone_lr_mult == 1.0 and c.head_lr_mult == 1.0
-  assert (c.classes_per_batch, c.per_class) == (16, 5)
-  assert c.lr_decay_rate == 0.1 and c.warmup_epochs == 0 and c.freeze_backbone_epochs == 0
-  assert c.clip_value is None and c.clip_norm is None
-  assert (c.image_size, c.resize_size) == (227, 256)
+  assert c.objective.loss == "multi_similarity"
+  # SCALE_POS / SCALE_NEG, thresh
+  assert c.objective.loss_kwargs == {"alpha": 2.0, "beta": 40.0, "base": 0.5}
+  assert c.objective.miner == "multi_similarity" and c.objective.miner_kwargs == {"epsilon": 0.1}
+  assert c.model.pooling == ("max" if net == "bninception" else "avg")
+  assert c.model.frozen_bn
+  assert c.optim.optimizer == "adam"
+  assert c.optim.learning_rate == 3e-5
+  assert c.optim.weight_decay == 5e-4
+  assert c.optim.backbone_lr_mult == 1.0 and c.optim.head_lr_mult == 1.0
+  assert (c.data.classes_per_batch, c.data.per_class) == (16, 5)
+  assert c.optim.lr_decay_rate == 0.1
+  assert c.optim.warmup_epochs == 0
+  assert c.optim.freeze_backbone_epochs == 0
+  assert c.optim.clip_value is None and c.optim.clip_norm is None
+  assert (c.data.image_size, c.data.resize_size) == (227, 256)
   # every dataset keeps the CUB run's length in epochs: 3000 iterations, lr drops at 1200 and
   # 2400, in epochs of ceil(5864 / 80) steps, each to within half an epoch
   steps = math.ceil(TRAIN_IMAGES["cub200"] / 80)
-  assert abs(c.epochs * steps - 3000) <= steps / 2
-  for epoch, iteration in zip(c.lr_decay_epochs, (1200, 2400), strict=True):
+  assert abs(c.loop.epochs * steps - 3000) <= steps / 2
+  for epoch, iteration in zip(c.optim.lr_decay_epochs, (1200, 2400), strict=True):
     assert abs(epoch * steps - iteration) <= steps / 2
 
 
@@ -205,28 +209,32 @@ def test_das_recipe(path):
   c = _load(path)
   _, _, data = _parts(path)
   name, batch, decay, k, scale, shift, detach = DAS_TABLE1[data]
-  assert c.das == {"recipe": ["table1", name, "multisimilarity"]}
-  recipe = das_settings(c.das)
-  assert recipe == das_lib.das_recipe("table1", name, "multisimilarity")
+  assert list(c.objective.methods) == ["das"]
+  recipe = c.objective.methods["das"]
+  assert recipe == das_lib.recipe("table1", name, "multisimilarity")
   assert (recipe.num_scaled_dims, recipe.scale_range, recipe.shift_scale, recipe.detach) == (
       k, scale, shift, detach)
   # argparse defaults: 3 generated per real one, a bank of 10, normalised, no auxiliary loss
   assert (recipe.num_generated, recipe.bank_size, recipe.normalize, recipe.aux_weight) == (
       3, 10, True, None)
   # the Revisiting-DML multi-similarity loss: pos weight 2, neg weight 40, thresh 0.5, margin 0.1
-  assert c.loss == "multi_similarity"
-  assert c.loss_kwargs == {"alpha": 2.0, "beta": 40.0, "base": 0.5}
-  assert c.miner == "multi_similarity" and c.miner_kwargs == {"epsilon": 0.1}
-  assert c.model == "resnet50" and c.pooling == "avg+max" and c.frozen_bn
-  assert c.embedding_dim == 512 and c.normalize_embeddings and c.head == "linear"
-  assert c.optimizer == "adam" and c.learning_rate == 1e-5 and c.weight_decay == decay
-  assert c.backbone_lr_mult == 1.0 and c.head_lr_mult == 1.0
-  assert (c.classes_per_batch, c.per_class) == (batch // 2, 2)
-  assert c.epochs == 300
-  assert c.schedule == "step" and c.lr_decay_epochs == (200, 250) and c.lr_decay_rate == 0.3
-  assert c.warmup_epochs == 0 and c.freeze_backbone_epochs == 0
-  assert c.clip_value is None and c.clip_norm is None
-  assert c.metrix is None and c.hier is None
+  assert c.objective.loss == "multi_similarity"
+  assert c.objective.loss_kwargs == {"alpha": 2.0, "beta": 40.0, "base": 0.5}
+  assert c.objective.miner == "multi_similarity" and c.objective.miner_kwargs == {"epsilon": 0.1}
+  assert c.model.name == "resnet50" and c.model.pooling == "avg+max" and c.model.frozen_bn
+  assert c.model.embedding_dim == 512 and c.model.normalize_embeddings and c.model.head == "linear"
+  assert c.optim.optimizer == "adam"
+  assert c.optim.learning_rate == 1e-5
+  assert c.optim.weight_decay == decay
+  assert c.optim.backbone_lr_mult == 1.0 and c.optim.head_lr_mult == 1.0
+  assert (c.data.classes_per_batch, c.data.per_class) == (batch // 2, 2)
+  assert c.loop.epochs == 300
+  assert c.optim.schedule == "step"
+  assert c.optim.lr_decay_epochs == (200, 250)
+  assert c.optim.lr_decay_rate == 0.3
+  assert c.optim.warmup_epochs == 0 and c.optim.freeze_backbone_epochs == 0
+  assert c.optim.clip_value is None and c.optim.clip_norm is None
+  assert list(c.objective.methods) == ["das"]
   objective = builders.build_objective(c, num_classes=6)
   assert "das" in objective.init_state()
 
@@ -246,26 +254,32 @@ def test_metrix_recipe(path):
   c = _load(path)
   _, _, data = _parts(path)
   batch, lr, step, gamma, warm, bn_frozen = METRIX_README[data]
-  assert c.loss == "multi_similarity"
-  assert c.loss_kwargs == {"alpha": 2.0, "beta": 50.0, "base": 0.5}
-  assert c.miner == "multi_similarity" and c.miner_kwargs == {"epsilon": 0.1}
-  mx = metrix_settings(c.metrix)
-  assert mx["location"] == "feature"  # --mode feature
-  assert mx["alpha"] == 2.0 and mx["weight"] == 0.4  # --alpha 2.0; loss_clean + 0.4 loss_mix
-  assert mx["pairing"] == "random" and not mx["per_example_lambda"]  # coin flip, one lambda
-  assert (mx["num_positives"], mx["num_negatives"]) == (1, None)  # first positive, all negatives
-  assert builders.build_objective(c, num_classes=6).mixup == "feature"
-  assert c.model == "resnet50" and c.pooling == "avg+max" and c.frozen_bn == bn_frozen
-  assert c.embedding_dim == 512 and c.normalize_embeddings and c.head == "linear"
-  assert (c.classes_per_batch, c.per_class) == batch and c.classes_per_batch * c.per_class == 100
-  assert c.optimizer == "adam" and c.weight_decay == 1e-4 and c.learning_rate == lr
-  assert c.backbone_lr_mult == 1.0 and c.head_lr_mult == 1.0
-  assert c.epochs == 100
-  assert c.schedule == "step" and c.lr_decay_epochs == tuple(range(step, c.epochs, step))
-  assert c.lr_decay_rate == gamma
-  assert c.freeze_backbone_epochs == warm and c.warmup_epochs == 0
-  assert c.clip_value == 10 and c.clip_norm is None
-  assert c.das is None and c.hier is None
+  assert c.objective.loss == "multi_similarity"
+  assert c.objective.loss_kwargs == {"alpha": 2.0, "beta": 50.0, "base": 0.5}
+  assert c.objective.miner == "multi_similarity" and c.objective.miner_kwargs == {"epsilon": 0.1}
+  assert list(c.objective.methods) == ["metrix"]
+  mx = c.objective.methods["metrix"]
+  assert mx.location == "feature"  # --mode feature
+  assert mx.alpha == 2.0 and mx.weight == 0.4  # --alpha 2.0; loss_clean + 0.4 loss_mix
+  assert mx.pairing == "random" and not mx.per_example_lambda  # coin flip, one lambda
+  assert (mx.positives, mx.negatives) == (1, None)  # first positive, all negatives
+  assert builders.build_objective(c, num_classes=6).name == "multi_similarity+metrix"
+  assert c.model.name == "resnet50"
+  assert c.model.pooling == "avg+max"
+  assert c.model.frozen_bn == bn_frozen
+  assert c.model.embedding_dim == 512 and c.model.normalize_embeddings and c.model.head == "linear"
+  assert (c.data.classes_per_batch, c.data.per_class) == batch
+  assert c.data.classes_per_batch * c.data.per_class == 100
+  assert c.optim.optimizer == "adam"
+  assert c.optim.weight_decay == 1e-4
+  assert c.optim.learning_rate == lr
+  assert c.optim.backbone_lr_mult == 1.0 and c.optim.head_lr_mult == 1.0
+  assert c.loop.epochs == 100
+  assert c.optim.schedule == "step"
+  assert c.optim.lr_decay_epochs == tuple(range(step, c.loop.epochs, step))
+  assert c.optim.lr_decay_rate == gamma
+  assert c.optim.freeze_backbone_epochs == warm and c.optim.warmup_epochs == 0
+  assert c.optim.clip_value == 10 and c.optim.clip_norm is None
 
 
 # HIER scripts/{Resnet50,ViT}/hier_<dataset>.sh: (backbone, dataset) -> (--emb, --lr,
@@ -289,41 +303,44 @@ def test_hier_recipe(path):
   _, net, data = _parts(path)
   emb, lr, wd, epochs, warm, step, gamma, fc, eval_freq = HIER_SCRIPTS[(net, data)]
   # model: backbone -> LayerNorm (no affine) -> orthogonal linear -> Poincare ball (c 0.1, 2.3)
-  assert c.head == "hyperbolic" and c.poincare_c == 0.1 and c.clip_r == 2.3
-  assert not c.normalize_embeddings
-  assert c.embedding_dim == emb
+  assert c.model.head == "hyperbolic" and c.model.poincare_c == 0.1 and c.model.clip_r == 2.3
+  assert not c.model.normalize_embeddings
+  assert c.model.embedding_dim == emb
   if net == "resnet50":
-    assert c.pooling == "avg+max" and c.frozen_bn  # --bn_freeze is type=bool: "False" is true
-    assert c.normalization == "imagenet"
+    assert c.model.pooling == "avg+max"  # --bn_freeze is type=bool: "False" is true
+    assert c.model.frozen_bn
+    assert c.data.normalization == "imagenet"
   else:
-    assert c.pooling == "cls" and not c.frozen_bn
-    assert c.normalization == "half"  # the ImageNet-21k ViT weights' mean 0.5, std 0.5
+    assert c.model.pooling == "cls" and not c.model.frozen_bn
+    assert c.data.normalization == "half"  # the ImageNet-21k ViT weights' mean 0.5, std 0.5
   # loss: Proxy-Anchor (angle) + 0.5 HIER
-  assert c.loss == "proxy_anchor" and c.miner is None
-  assert c.loss_kwargs == {"margin": 0.1, "alpha": 32.0}
-  h = hier_settings(c.hier)
-  assert h["num_proxies"] == 512 and h["lambda1"] == 1.0 and h["lambda2"] == 0.5
-  assert h["topk"] == 20 and h["margin"] == 0.1 and h["tau"] == 0.1
-  assert h["triplets_per_anchor"] == 50 and h["lr_mult"] == 50
-  assert builders.hier_config(c)["c"] == 0.1 and builders.hier_config(c)["clip_r"] == 2.3
+  assert c.objective.loss == "proxy_anchor" and c.objective.miner is None
+  assert c.objective.loss_kwargs == {"margin": 0.1, "alpha": 32.0}
+  assert list(c.objective.methods) == ["hier"]
+  h = c.objective.methods["hier"]
+  assert h.num_proxies == 512 and h.lambda1 == 1.0 and h.lambda2 == 0.5
+  assert h.topk == 20 and h.margin == 0.1 and h.tau == 0.1
+  assert h.triplets_per_anchor == 50 and h.lr_mult == 50
+  assert (h.c, h.clip_r) == (c.model.poincare_c, c.model.clip_r) == (0.1, 2.3)
   params = builders.build_objective(c, num_classes=6).init(jax.random.PRNGKey(0))
   assert params["hier"].shape == (512, emb) and params["proxies"].shape == (6, emb)
   # optimiser: AdamW, every group decayed; proxies x 1e4, hierarchical proxies x 50
-  assert c.optimizer == "adamw" and c.learning_rate == lr and c.weight_decay == wd
-  assert c.loss_weight_decay is None
+  assert c.optim.optimizer == "adamw" and c.optim.learning_rate == lr and c.optim.weight_decay == wd
+  assert c.optim.loss_weight_decay is None
   spec = builders.optimizer_spec(c, steps_per_epoch=10)
   assert spec.lr_mult == {"backbone": 1.0, "head": fc, "loss": 1e4, "loss/hier": 50.0}
-  assert c.clip_value == 10 and c.clip_norm is None
-  assert (c.classes_per_batch, c.per_class) == (90, 2)  # 90 per GPU x 2 GPUs, IPC 2
-  assert c.epochs == epochs
-  assert c.freeze_backbone_epochs == warm and c.warmup_epochs == 0  # lr 0, not a linear ramp
+  assert c.optim.clip_value == 10 and c.optim.clip_norm is None
+  assert (c.data.classes_per_batch, c.data.per_class) == (90, 2)  # 90 per GPU x 2 GPUs, IPC 2
+  assert c.loop.epochs == epochs
+  assert c.optim.freeze_backbone_epochs == warm  # lr 0, not a linear ramp
+  assert c.optim.warmup_epochs == 0
   if step is None:
-    assert c.schedule == "constant" and c.lr_decay_epochs == ()
+    assert c.optim.schedule == "constant" and c.optim.lr_decay_epochs == ()
   else:
-    assert c.schedule == "step" and c.lr_decay_epochs == tuple(range(step, epochs, step))
-    assert c.lr_decay_rate == gamma
-  assert c.eval_every_epochs == eval_freq
-  assert c.das is None and c.metrix is None
+    assert c.optim.schedule == "step"
+    assert c.optim.lr_decay_epochs == tuple(range(step, epochs, step))
+    assert c.optim.lr_decay_rate == gamma
+  assert c.loop.eval_every_epochs == eval_freq
 
 
 def test_hyperbolic_recipe_model_has_the_hier_head_and_output_shape():
@@ -334,6 +351,6 @@ def test_hyperbolic_recipe_model_has_the_hier_head_and_output_shape():
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
   head = variables["params"]["head"]
   assert set(head) == {"embedding"}  # no affine layer norm, no output normalisation
-  assert head["embedding"]["kernel"].shape == (384, config.embedding_dim)
+  assert head["embedding"]["kernel"].shape == (384, config.model.embedding_dim)
   out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-  assert out.shape == (1, config.embedding_dim)
+  assert out.shape == (1, config.model.embedding_dim)

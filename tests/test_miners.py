@@ -9,7 +9,7 @@ import pytest
 
 from jaxdml import losses as L
 from jaxdml import miners
-from jaxdml.losses import _inputs
+from jaxdml import pairs as _inputs
 
 bh = jax.jit(miners.batch_hard_miner)
 semihard = jax.jit(miners.semihard_miner, static_argnames="margin")

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdml import _checks
+from jaxdml.targets import pair_weights
 
 Array = jax.Array
 
@@ -73,17 +74,6 @@ def avg_nonzero(values: Array, weights: Array) -> Array:
   contrib = weights * values
   count = jnp.sum((contrib > 0).astype(values.dtype))
   return jnp.sum(contrib) / jnp.maximum(count, 1.0)
-
-
-def pair_weights(target: Array, mask: Array | None) -> tuple[Array, Array]:
-  """Positive weights `y` and negative weights `1 - y` of every pair, zero outside the mask."""
-  target = target.astype(jnp.float32) if not jnp.issubdtype(target.dtype, jnp.floating) else target
-  pos = target
-  neg = 1.0 - target
-  if mask is not None:
-    pos = jnp.where(mask, pos, 0.0)
-    neg = jnp.where(mask, neg, 0.0)
-  return pos, neg
 
 
 def _split_reduction(reduction: str | tuple[str, str]) -> tuple[str, str]:

@@ -19,7 +19,9 @@ import jax.numpy as jnp
 from jaxdml import _checks, similarity
 from jaxdml._sort import argsort_rows
 from jaxdml.losses import _generic
-from jaxdml.losses._inputs import dist_inputs, sim_inputs
+from jaxdml.miners import multi_similarity_miner
+from jaxdml.pairs import dist_inputs, sim_inputs
+from jaxdml.targets import pair_weights
 
 Array = jax.Array
 
@@ -40,7 +42,7 @@ def contrastive_from_dist(dist: Array, target: Array, mask: Array | None = None,
   pair, or all satisfied: that term is 0.
   """
   _checks.matrix_triple(dist, target, mask, "dist")
-  pos_w, neg_w = _generic.pair_weights(target, mask)
+  pos_w, neg_w = pair_weights(target, mask)
   pos = _generic.avg_nonzero(jax.nn.relu(dist - pos_margin), pos_w)
   neg = _generic.avg_nonzero(jax.nn.relu(neg_margin - dist), neg_w)
   return pos + neg
@@ -141,7 +143,7 @@ def triplet_margin_from_dist(dist: Array, target: Array, mask: Array | None = No
   """
   _checks.matrix_triple(dist, target, mask, "dist")
   _checks.one_of(triplets, _TRIPLETS, "triplets")
-  pos_w, neg_w = _generic.pair_weights(target, mask)
+  pos_w, neg_w = pair_weights(target, mask)
   if triplets == "hard":
     has_p = jnp.any(pos_w > 0, axis=1)
     has_n = jnp.any(neg_w > 0, axis=1)
@@ -210,7 +212,6 @@ def multi_similarity_loss(embeddings: Array, labels: Array, ref_embeddings: Arra
   """
   s, t, m = sim_inputs(embeddings, labels, ref_embeddings, ref_labels, mask=mask)
   if miner_epsilon is not None:
-    from jaxdml.miners import multi_similarity_miner
     m = m & multi_similarity_miner(s, t, m, epsilon=miner_epsilon)
   return multi_similarity_from_sim(s, t, m, alpha=alpha, beta=beta, base=base)
 
@@ -248,7 +249,7 @@ def margin_from_dist(dist: Array, target: Array, mask: Array | None = None, *,
   Anchors without a positive or without a negative form no triplet and contribute nothing.
   """
   _checks.matrix_triple(dist, target, mask, "dist")
-  pos_w, neg_w = _generic.pair_weights(target, mask)
+  pos_w, neg_w = pair_weights(target, mask)
   b = jnp.asarray(beta, dist.dtype)
   if b.ndim == 1:
     if b.shape[0] != dist.shape[0]:
@@ -305,7 +306,7 @@ def lifted_structure_from_dist(dist: Array, target: Array, mask: Array | None = 
   _checks.matrix_triple(dist, target, mask, "dist")
   if dist.shape[0] != dist.shape[1]:
     raise ValueError(f"lifted structure needs a square [B, B] `dist`, got {dist.shape}.")
-  pos_w, neg_w = _generic.pair_weights(target, mask)
+  pos_w, neg_w = pair_weights(target, mask)
   lse_n, has_n = _generic.masked_logsumexp(neg_margin - dist, neg_w)
   a_i, a_j = lse_n[:, None], lse_n[None, :]
   has_i, has_j = has_n[:, None], has_n[None, :]
@@ -406,7 +407,7 @@ def supcon_from_sim(sim: Array, target: Array, mask: Array | None = None, *,
   formula's value (> 0 unless all positives are equally similar). Batches with negatives agree.
   """
   _checks.matrix_triple(sim, target, mask)
-  pos_w, neg_w = _generic.pair_weights(target, mask)
+  pos_w, neg_w = pair_weights(target, mask)
   logits = sim / temperature
   all_w = jnp.where(pos_w + neg_w > 0, 1.0, 0.0)
   lse_all, _ = _generic.masked_logsumexp(logits, all_w)
@@ -435,7 +436,7 @@ def ntxent_from_sim(sim: Array, target: Array, mask: Array | None = None, *,
   gives 0 (and still counts in the mean); no positive pair at all: 0.
   """
   _checks.matrix_triple(sim, target, mask)
-  pos_w, neg_w = _generic.pair_weights(target, mask)
+  pos_w, neg_w = pair_weights(target, mask)
   logits = sim / temperature
   lse_n, has_n = _generic.masked_logsumexp(logits, neg_w)
   per_pair = jnp.where(has_n[:, None], jax.nn.softplus(lse_n[:, None] - logits), 0.0)

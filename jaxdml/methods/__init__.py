@@ -1,39 +1,22 @@
-"""Methods that wrap or feed a loss (layer 3): each is pure functions over its own parameters or
-state, built on `jaxdml.similarity`, `jaxdml.geometry` and `jaxdml.losses`.
+"""Methods that wrap an objective (layer 3): each module holds its own typed `Settings` (a frozen
+dataclass with the authors' defaults and its own validation), pure functions over its own
+parameters or state, and `wrap(inner, settings, ...) -> jaxdml.objectives.Objective`.
 
-  - `das`: Densely-Anchored Sampling (Liu et al., ECCV 2022): state, update, generation.
+  - `das`: Densely-Anchored Sampling (Liu et al., ECCV 2022): memory, update, generation.
   - `metrix`: mixup for metric learning (Venkataramanan et al., ICLR 2022) and its positivity
     analysis.
   - `hier`: hierarchical proxies in the Poincare ball (Kim et al., CVPR 2023) and the
     hyperbolic-ViT pairwise loss (Ermolov et al., CVPR 2022).
+
+`BY_NAME` is the one registry configs read (a method's config section is named by its key);
+each entry has `Settings` and `build(inner, settings, setup: objectives.Setup)`. A method used
+from Python alone needs no entry.
 """
 
-from jaxdml.methods import das, hier, metrix  # noqa: F401  (the modules themselves)
-from jaxdml.methods.das import (  # noqa: F401  (re-exports)
-    DASState,
-    das_apply,
-    das_combine,
-    das_generate,
-    das_init,
-    das_loss,
-    das_mask,
-    das_pairs,
-    das_recipe,
-    das_update,
-)
-from jaxdml.methods.hier import (  # noqa: F401  (re-exports)
-    combine_losses,
-    hier_loss,
-    hier_loss_and_aux,
-    hier_lr_multipliers,
-    hier_proxies_in_ball,
-    hier_triplet_loss,
-    hyp_pairwise_ce_loss,
-    init_hier_proxies,
-    lowest_common_ancestors,
-    reciprocal_relevance,
-    reciprocal_triplets,
-    select_lca,
-    with_hier,
-)
-from jaxdml.methods.metrix import MixPairs, metrix_loss, positivity_curve  # noqa: F401
+from types import MappingProxyType
+
+from jaxdml.methods import das, hier, metrix
+
+BY_NAME = MappingProxyType({"das": das, "metrix": metrix, "hier": hier})
+
+__all__ = ["das", "hier", "metrix", "BY_NAME"]

@@ -9,18 +9,18 @@ embeddings together to the usual miner and loss:
   * Memorized Transformation Shifting (MTS): `b = shift_scale * t`, where `t` is drawn uniformly
     from a per-class FIFO bank of intra-class differences `v_a - v_b` seen in past batches.
 
-All of it lives in one `DASState` (fixed shapes, so it can sit in a train state, be checkpointed,
+All of it lives in one `State` (fixed shapes, so it can sit in a train state, be checkpointed,
 and be updated inside `jax.jit`):
 
-    state = das_init(num_classes=100, dim=512)
-    state = das_update(state, z, y)                      # record the batch (no gradient)
-    z_gen, y_gen = das_generate(state, z, y, key)        # [3B, d], [3B]
-    z_all, y_all = das_combine(z, y, z_gen, y_gen)       # [4B, d]: real first, then generated
+    state = init(num_classes=100, dim=512)
+    state = update(state, z, y)                      # record the batch (no gradient)
+    z_gen, y_gen = generate(state, z, y, key)        # [3B, d], [3B]
+    z_all, y_all = combine(z, y, z_gen, y_gen)       # [4B, d]: real first, then generated
     loss = multi_similarity_loss(z_all, y_all)           # any loss, miner or target builder
 
-`das_apply` does the three steps in the authors' order (update, then generate from the updated
-state, then concatenate). `das_pairs` gives the (target, mask) of the combined set for the matrix
-form of the losses, and `das_loss` adds the recipe's auxiliary loss.
+`apply` does the three steps in the authors' order (update, then generate from the updated
+state, then concatenate). `pairs` gives the (target, mask) of the combined set for the matrix
+form of the losses, and `loss` adds the recipe's auxiliary loss.
 
 Reference: L. Liu, S. Huang, Z. Zhuang, R. Yang, M. Tan, Y. Wang, "Densely-Anchored Sampling for
 Deep Metric Learning", ECCV 2022; official code github.com/lizhaoliu-Lec/DAS
@@ -30,25 +30,27 @@ Deep Metric Learning", ECCV 2022; official code github.com/lizhaoliu-Lec/DAS
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxdml import _checks, similarity, targets
+from jaxdml import _checks, objectives, similarity, targets
+from jaxdml.objectives import Objective
 
 Array = jax.Array
 
 
-class DASState(NamedTuple):
+class State(NamedTuple):
   """The DAS memory, one row per training class.
 
   Attributes:
     frequency: [C, d] int32, frequency recorder: how many embeddings of class c had dimension j
       among their K largest values. Cumulative, never decayed.
     top_dims: [C, K] int32, the DFS mask of each class, stored as the indices of the K largest
-      entries of `frequency[c]` (`das_mask` gives the binary [C, d] form of the paper).
+      entries of `frequency[c]` (`mask` gives the binary [C, d] form of the paper).
     bank: [C, Z, d], the MTS bank of intra-class differences, a ring of Z slots per class.
     bank_count: [C] int32, filled slots per class (<= Z); slots `[0, count)` hold entries.
     bank_ptr: [C] int32, next slot to write per class; once full, it points at the oldest entry.
@@ -61,8 +63,8 @@ class DASState(NamedTuple):
   bank_ptr: Array
 
 
-def das_init(num_classes: int, dim: int, *, num_scaled_dims: int = 4, bank_size: int = 10,
-             dtype=jnp.float32) -> DASState:
+def init(num_classes: int, dim: int, *, num_scaled_dims: int = 4, bank_size: int = 10,
+             dtype=jnp.float32) -> State:
   """An empty DAS state.
 
   Args:
@@ -75,7 +77,7 @@ def das_init(num_classes: int, dim: int, *, num_scaled_dims: int = 4, bank_size:
     dtype: floating dtype of the bank.
 
   Returns:
-    A `DASState` with zero counts and empty banks. `top_dims` starts as the first K dimensions,
+    A `State` with zero counts and empty banks. `top_dims` starts as the first K dimensions,
     which is what the top-K of an all-zero frequency row gives.
 
   The bank holds C * Z * d values (as in the authors' code, one bank per class): 11,318 SOP
@@ -91,7 +93,7 @@ def das_init(num_classes: int, dim: int, *, num_scaled_dims: int = 4, bank_size:
     raise TypeError(f"dtype must be floating, got {dtype}.")
   top = jnp.broadcast_to(jnp.arange(num_scaled_dims, dtype=jnp.int32),
                          (num_classes, num_scaled_dims))
-  return DASState(
+  return State(
       frequency=jnp.zeros((num_classes, dim), jnp.int32),
       top_dims=top,
       bank=jnp.zeros((num_classes, bank_size, dim), dtype),
@@ -99,14 +101,14 @@ def das_init(num_classes: int, dim: int, *, num_scaled_dims: int = 4, bank_size:
       bank_ptr=jnp.zeros((num_classes,), jnp.int32))
 
 
-def das_mask(state: DASState) -> Array:
+def mask(state: State) -> Array:
   """[C, d] bool: the binary DFS mask M of the paper (True on each class's top-K dimensions)."""
   num_classes, dim = state.frequency.shape
   rows = jnp.arange(num_classes)[:, None]
   return jnp.zeros((num_classes, dim), bool).at[rows, state.top_dims].set(True)
 
 
-def _check_batch(state: DASState, z: Array, y: Array) -> None:
+def _check_batch(state: State, z: Array, y: Array) -> None:
   _checks.embeddings(z, "z")
   _checks.labels(y, z.shape[0], "y")
   dim = state.frequency.shape[1]
@@ -114,7 +116,7 @@ def _check_batch(state: DASState, z: Array, y: Array) -> None:
     raise ValueError(f"`z` has dimension {z.shape[1]} but the DAS state was built for {dim}.")
 
 
-def das_update(state: DASState, z: Array, y: Array) -> DASState:
+def update(state: State, z: Array, y: Array) -> State:
   """Records a batch in the frequency recorder, the DFS masks and the MTS banks.
 
   Frequency recorder: for every sample (v, y), `frequency[y, j] += 1` for the K largest entries
@@ -129,7 +131,7 @@ def das_update(state: DASState, z: Array, y: Array) -> DASState:
   Everything is stored without gradient. Pure and jit-able; cost O(B^2 d) for the differences.
 
   Args:
-    state: the current `DASState`.
+    state: the current `State`.
     z: [B, d] floating embeddings, as fed to the loss.
     y: [B] integer labels in [0, C) (not checked under jit; out-of-range labels are dropped from
       the recorder and the banks).
@@ -183,11 +185,11 @@ def das_update(state: DASState, z: Array, y: Array) -> DASState:
   n_new = jnp.zeros((num_classes,), jnp.int32).at[ys].add(per_row, mode="drop")
   count = jnp.minimum(state.bank_count + n_new, bank_size)
   bank_ptr = (state.bank_ptr + n_new) % bank_size
-  return DASState(freq, top_dims, bank, count, bank_ptr)
+  return State(freq, top_dims, bank, count, bank_ptr)
 
 
-def das_generate(
-    state: DASState,
+def generate(
+    state: State,
     z: Array,
     y: Array,
     key: Array,
@@ -209,7 +211,7 @@ def das_generate(
   Scale factors and bank draws are independent per sample, per round (and per scaled dimension).
 
   Args:
-    state: a `DASState`, normally already updated with this batch (`das_update`), as in the
+    state: a `State`, normally already updated with this batch (`update`), as in the
       authors' code, so the batch's own differences can be drawn.
     z: [B, d] floating embeddings.
     y: [B] integer labels in [0, C).
@@ -269,7 +271,7 @@ def das_generate(
   return out.reshape(num_generated * b, dim), jnp.tile(y, num_generated)
 
 
-def das_combine(z: Array, y: Array, z_gen: Array, y_gen: Array) -> tuple[Array, Array]:
+def combine(z: Array, y: Array, z_gen: Array, y_gen: Array) -> tuple[Array, Array]:
   """`[real; generated]` embeddings and labels: the batch every miner and loss then sees."""
   _checks.embeddings(z, "z")
   _checks.labels(y, z.shape[0], "y")
@@ -281,23 +283,23 @@ def das_combine(z: Array, y: Array, z_gen: Array, y_gen: Array) -> tuple[Array, 
           jnp.concatenate([y, y_gen.astype(y.dtype)], axis=0))
 
 
-def das_apply(state: DASState, z: Array, y: Array, key: Array,
-              **generate_kwargs) -> tuple[Array, Array, DASState]:
+def apply(state: State, z: Array, y: Array, key: Array,
+              **generate_kwargs) -> tuple[Array, Array, State]:
   """One DAS step as in the authors' code: update, generate, combine.
 
   Returns:
-    (z_all [(1+R)B, d], y_all [(1+R)B], new_state); `generate_kwargs` go to `das_generate`.
+    (z_all [(1+R)B, d], y_all [(1+R)B], new_state); `generate_kwargs` go to `generate`.
   """
-  state = das_update(state, z, y)
-  z_gen, y_gen = das_generate(state, z, y, key, **generate_kwargs)
-  z_all, y_all = das_combine(z, y, z_gen, y_gen)
+  state = update(state, z, y)
+  z_gen, y_gen = generate(state, z, y, key, **generate_kwargs)
+  z_all, y_all = combine(z, y, z_gen, y_gen)
   return z_all, y_all, state
 
 
 QUERIES = ("all", "real")
 
 
-def das_pairs(y: Array, num_generated: int = 3, *, queries: str = "all",
+def pairs(y: Array, num_generated: int = 3, *, queries: str = "all",
               exclude_source: bool = False) -> tuple[Array, Array]:
   """(target, mask) of the combined batch `[real (B); gen_1 (B); ...; gen_R (B)]`.
 
@@ -330,7 +332,7 @@ def das_pairs(y: Array, num_generated: int = 3, *, queries: str = "all",
   return target, mask
 
 
-def das_loss(loss_fn: Callable[[Array, Array], Array], z: Array, y: Array, z_gen: Array,
+def loss(loss_fn: Callable[[Array, Array], Array], z: Array, y: Array, z_gen: Array,
              y_gen: Array, *, aux_weight: float | None = None) -> Array:
   """The recipe's objective for any `loss_fn(embeddings, labels) -> scalar`.
 
@@ -338,15 +340,36 @@ def das_loss(loss_fn: Callable[[Array, Array], Array], z: Array, y: Array, z_gen
   (`--aux_loss`, weight 1.0 in the code, used only by the SOP triplet recipes of Table 2):
   `loss_fn(z, y) + aux_weight * loss_fn(z_all, y_all)`.
   """
-  z_all, y_all = das_combine(z, y, z_gen, y_gen)
+  z_all, y_all = combine(z, y, z_gen, y_gen)
   total = loss_fn(z_all, y_all)
   if aux_weight is None:
     return total
   return loss_fn(z, y) + aux_weight * total
 
 
-class DASRecipe(NamedTuple):
-  """DAS settings of one published run (see `das_recipe`)."""
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """DAS settings; the defaults are the authors' argparse defaults (`scripts/parameters.py`),
+  `recipe(...)` gives those of a published run.
+
+  Attributes:
+    num_scaled_dims: K, dimensions DFS scales per class (`--das_dfs_num_scale`, 4).
+    bank_size: Z, differences each class's MTS bank keeps (10).
+    num_generated: R, embeddings generated per real one (`--das_num_produce`, 3).
+    scale_range: (left, right) of the DFS factors ((0.5, 2.0)).
+    shift_scale: the MTS factor (`--das_mts_scale`, 0.01).
+    detach: no gradient through the generated embeddings (`--detach`, off).
+    normalize: L2-normalise the generated embeddings (on).
+    aux_weight: None, or the weight of the combined batch's loss added to the real batch's
+      (`--aux_loss`, 1.0 in the SOP triplet recipes).
+
+  >>> Settings(shift_scale=0.1).num_generated
+  3
+  >>> Settings(bank_size=0)
+  Traceback (most recent call last):
+  ...
+  ValueError: das bank_size must be an int >= 1, got 0.
+  """
 
   num_scaled_dims: int = 4
   bank_size: int = 10
@@ -357,44 +380,61 @@ class DASRecipe(NamedTuple):
   normalize: bool = True
   aux_weight: float | None = None
 
+  def __post_init__(self):
+    for name in ("num_scaled_dims", "bank_size", "num_generated"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"das {name} must be an int >= 1, got {value!r}.")
+    if len(tuple(self.scale_range)) != 2:
+      raise ValueError(f"das scale_range must be (left, right), got {self.scale_range!r}.")
+    left, right = (float(v) for v in self.scale_range)
+    object.__setattr__(self, "scale_range", (left, right))
+    if not left <= right:
+      raise ValueError(f"das scale_range must have left <= right, got {self.scale_range}.")
+    if not self.shift_scale >= 0:
+      raise ValueError(f"das shift_scale must be >= 0, got {self.shift_scale}.")
+    if self.aux_weight is not None and not self.aux_weight >= 0:
+      raise ValueError(f"das aux_weight must be None or >= 0, got {self.aux_weight}.")
+
   def init_kwargs(self) -> dict:
-    """Keyword arguments for `das_init`."""
+    """Keyword arguments for `init`."""
     return {"num_scaled_dims": self.num_scaled_dims, "bank_size": self.bank_size}
 
   def generate_kwargs(self) -> dict:
-    """Keyword arguments for `das_generate` (and `das_apply`)."""
+    """Keyword arguments for `generate` (and `apply`)."""
     return {"num_generated": self.num_generated, "scale_range": self.scale_range,
             "shift_scale": self.shift_scale, "detach": self.detach, "normalize": self.normalize}
 
 
 _FINE = (0.99, 1.01)
-_CUB_CARS = DASRecipe(scale_range=_FINE, detach=True)
+_CUB_CARS = Settings(scale_range=_FINE, detach=True)
 _TABLE2_LOSSES = ("triplet_semihard", "triplet_distance", "contrastive", "margin", "lifted",
                   "npair", "multisimilarity")
 
 RECIPES = MappingProxyType({
     # table1.sh: multi-similarity, K = 8 (R50 and BN-Inception, 512-d).
-    ("table1", "cub200", "multisimilarity"): _CUB_CARS._replace(num_scaled_dims=8),
-    ("table1", "cars196", "multisimilarity"): _CUB_CARS._replace(num_scaled_dims=8),
-    ("table1", "online_products", "multisimilarity"): DASRecipe(num_scaled_dims=8,
+    ("table1", "cub200", "multisimilarity"): dataclasses.replace(_CUB_CARS, num_scaled_dims=8),
+    ("table1", "cars196", "multisimilarity"): dataclasses.replace(_CUB_CARS, num_scaled_dims=8),
+    ("table1", "online_products", "multisimilarity"): Settings(num_scaled_dims=8,
                                                                 shift_scale=0.1),
     # table2.sh, CUB and Cars: every loss the same, unnormalised for lifted and N-pair.
-    **{("table2", ds, loss): _CUB_CARS._replace(normalize=loss not in ("lifted", "npair"))
+    **{("table2", ds, loss): dataclasses.replace(_CUB_CARS,
+                                                 normalize=loss not in ("lifted", "npair"))
        for ds in ("cub200", "cars196") for loss in _TABLE2_LOSSES},
     # table2.sh, SOP.
-    ("table2", "online_products", "triplet_semihard"): DASRecipe(shift_scale=0.1, detach=True,
+    ("table2", "online_products", "triplet_semihard"): Settings(shift_scale=0.1, detach=True,
                                                                  aux_weight=1.0),
-    ("table2", "online_products", "triplet_distance"): DASRecipe(shift_scale=0.1, detach=True,
+    ("table2", "online_products", "triplet_distance"): Settings(shift_scale=0.1, detach=True,
                                                                  aux_weight=1.0),
-    ("table2", "online_products", "contrastive"): DASRecipe(shift_scale=0.1),
-    ("table2", "online_products", "margin"): DASRecipe(),
-    ("table2", "online_products", "lifted"): DASRecipe(scale_range=_FINE, shift_scale=0.1,
+    ("table2", "online_products", "contrastive"): Settings(shift_scale=0.1),
+    ("table2", "online_products", "margin"): Settings(),
+    ("table2", "online_products", "lifted"): Settings(scale_range=_FINE, shift_scale=0.1,
                                                        normalize=False),
-    ("table2", "online_products", "npair"): DASRecipe(scale_range=_FINE, shift_scale=0.1,
+    ("table2", "online_products", "npair"): Settings(scale_range=_FINE, shift_scale=0.1,
                                                       normalize=False),
-    ("table2", "online_products", "multisimilarity"): DASRecipe(shift_scale=0.1),
+    ("table2", "online_products", "multisimilarity"): Settings(shift_scale=0.1),
 })
-"""Read-only map `(table, dataset, loss) -> DASRecipe` of the official scripts.
+"""Read-only map `(table, dataset, loss) -> Settings` of the official scripts.
 
 Table 1 (`table1.sh`, MS, K = 8): CUB/Cars scale (0.99, 1.01), shift 0.01, detach; SOP default
 scale (0.5, 2.0), shift 0.1, no detach. Table 2 (`table2.sh`, K = 4): CUB/Cars as Table 1 but
@@ -405,8 +445,8 @@ Table 1 names `cub200`; its settings are those of the other Cars and CUB lines.
 """
 
 
-def das_recipe(table: str, dataset: str, loss: str = "multisimilarity") -> DASRecipe:
-  """The DAS settings of a published run, e.g. `das_recipe("table1", "cub200")`.
+def recipe(table: str, dataset: str, loss: str = "multisimilarity") -> Settings:
+  """The DAS settings of a published run, e.g. `recipe("table1", "cub200")`.
 
   Args:
     table: "table1" or "table2".
@@ -420,3 +460,86 @@ def das_recipe(table: str, dataset: str, loss: str = "multisimilarity") -> DASRe
     raise ValueError(
         f"no DAS recipe for ({table!r}, {dataset!r}, {loss!r}); known: "
         f"{sorted(RECIPES)}.") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# The objective
+# ------------------------------------------------------------------------------------------------
+
+
+def wrap(inner: Objective, settings: Settings = Settings(), *, num_classes: int, dim: int,
+         name: str = "das") -> Objective:
+  """DAS around any objective: each step records the batch, generates R embeddings per real one
+  and gives `inner` the combined batch `[real; generated]`.
+
+  The memory is the objective's state under `name`; the step's key is split into (inner, own),
+  the own key draws the scale factors and bank entries. The inner objective sees a `Batch` of the
+  combined embeddings and labels only (no inputs, feature maps or model seam: they belong to the
+  real examples), so a Metrix inside DAS can mix embeddings, not images or feature maps; put
+  Metrix outside DAS to mix those (the order of the published recipes: DAS, then Metrix). With
+  `settings.aux_weight` the inner objective also scores the real batch alone (with the full
+  `Batch`): `L(real) + aux_weight * L(real + generated)`, its state taken from the combined call.
+
+  Args:
+    inner: the objective DAS feeds (`jaxdml.objectives.Objective`).
+    settings: `Settings`.
+    num_classes: C, training classes (labels in [0, C)): one memory row each.
+    dim: the embedding dimension.
+    name: the state key (another name lets DAS wrap DAS).
+
+  Returns:
+    The objective; `aux["base_loss"]` is the inner loss on the combined batch. Its `soft` loss
+    is the inner one.
+
+  >>> import jax, jax.numpy as jnp
+  >>> from jaxdml import objectives
+  >>> obj = wrap(objectives.core("contrastive"), Settings(num_generated=2), num_classes=2, dim=4)
+  >>> state = obj.init_state()
+  >>> z, y = jnp.eye(4), jnp.array([0, 0, 1, 1])
+  >>> loss, state, aux = obj.apply({}, state, objectives.Batch(z, y), jax.random.PRNGKey(0))
+  >>> state["das"].bank_count.tolist()
+  [2, 2]
+  """
+  if not isinstance(settings, Settings):
+    raise TypeError(f"settings must be a das.Settings, got {type(settings).__name__}.")
+  for arg, value in (("num_classes", num_classes), ("dim", dim)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"das {arg} must be a positive int, got {value!r}.")
+  if settings.num_scaled_dims > dim:
+    raise ValueError(f"das num_scaled_dims ({settings.num_scaled_dims}) must be <= the "
+                     f"embedding dimension ({dim}).")
+
+  def init_state():
+    state = dict(inner.init_state())
+    if name in state:
+      raise ValueError(f"the inner objective {inner.name!r} already has state {name!r}; give "
+                       "this DAS another name.")
+    state[name] = init(num_classes, dim, **settings.init_kwargs())
+    return state
+
+  def apply_fn(params, state, batch, key):
+    k_inner, k_own = jax.random.split(key)
+    z, y = batch.embeddings, batch.labels
+    memory = update(state[name], z, y)
+    z_gen, y_gen = generate(memory, z, y, k_own, **settings.generate_kwargs())
+    z_all, y_all = combine(z, y, z_gen, y_gen)
+    inner_state = {k: v for k, v in state.items() if k != name}
+    combined = objectives.Batch(z_all, y_all)
+    if settings.aux_weight is None:
+      total, inner_state, aux = inner.apply(params, inner_state, combined, k_inner)
+    else:
+      k_all, k_real = jax.random.split(k_inner)
+      total, inner_state, aux = inner.apply(params, inner_state, combined, k_all)
+      real, _, _ = inner.apply(params, inner_state, batch, k_real)
+      total = real + settings.aux_weight * total
+    aux = dict(aux)
+    aux.setdefault("base_loss", total)
+    return total, {**inner_state, name: memory}, aux
+
+  return objectives.Objective(f"{inner.name}+{name}", inner.init, apply_fn, init_state,
+                              soft=inner.soft, lr_mult=inner.lr_mult)
+
+
+def build(inner: Objective, settings: Settings, setup: objectives.Setup) -> Objective:
+  """`wrap` with the run's classes and embedding dimension (how applications build DAS)."""
+  return wrap(inner, settings, num_classes=setup.num_classes, dim=setup.dim)

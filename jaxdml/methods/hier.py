@@ -16,8 +16,11 @@ embeddings in the paper's main results).
 Typical use, with embeddings `z` already in the ball (the head ends with
 `jaxdml.geometry.poincare.to_poincare(..., riemannian=True)`):
 
-    hier_proxies = init_hier_proxies(key, 512, 128)              # a parameter, trained at 50x lr
-    loss = proxy_anchor_loss(z, y, pa_proxies) + 0.5 * hier_loss(hier_proxies, z, y, key)
+    hier_proxies = hier.init_proxies(key, 512, 128)        # a parameter, trained at 50x lr
+    total = proxy_anchor_loss(z, y, pa_proxies) + 0.5 * hier.loss(hier_proxies, z, y, key)
+
+or, as an objective around any other (`wrap`): `hier.wrap(objectives.core("proxy_anchor", ...),
+hier.Settings(num_proxies=512), dim=128)`.
 
 State conventions: everything is a pure function; the proxies are a plain [P, d] array of
 Euclidean parameters (mapped into the ball inside the loss), randomness comes from an explicit
@@ -29,13 +32,14 @@ HIER's code offers as a base loss ("SupCon"), and the learning-rate multipliers 
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdml import _checks
+from jaxdml import _checks, objectives
 from jaxdml.geometry import poincare
 
 Array = jax.Array
@@ -55,7 +59,7 @@ DEFAULT_LAMBDA2 = 0.5
 # ------------------------------------------------------------------------------------------------
 
 
-def init_hier_proxies(
+def init_proxies(
     key: Array,
     num_proxies: int,
     dim: int,
@@ -77,7 +81,7 @@ def init_hier_proxies(
     dtype: floating dtype.
 
   Returns:
-    [P, d] Euclidean proxy parameters; `hier_loss` maps them into the ball.
+    [P, d] Euclidean proxy parameters; `loss` maps them into the ball.
   """
   if num_proxies < 1 or dim < 1:
     raise ValueError(f"num_proxies and dim must be >= 1, got {num_proxies}, {dim}.")
@@ -85,7 +89,7 @@ def init_hier_proxies(
   return (jax.random.normal(key, (num_proxies, dim), jnp.float32) * scale).astype(dtype)
 
 
-def hier_proxies_in_ball(
+def proxies_in_ball(
     proxies: Array,
     *,
     c: float = poincare.DEFAULT_C,
@@ -96,7 +100,7 @@ def hier_proxies_in_ball(
   return poincare.to_poincare(proxies, c=c, clip_r=clip_r, riemannian=riemannian)
 
 
-def hier_lr_multipliers(*, fc_lr_scale: float = 1.0) -> dict[str, float]:
+def lr_multipliers(*, fc_lr_scale: float = 1.0) -> dict[str, float]:
   """Learning-rate multipliers of HIER's parameter groups, as plain data for the trainer.
 
   From the authors' `get_params_groups` (hier/utils.py) and scripts:
@@ -105,7 +109,7 @@ def hier_lr_multipliers(*, fc_lr_scale: float = 1.0) -> dict[str, float]:
       `warmup_epochs`: 1 on CUB/Cars, 5 on SOP/In-shop);
     * "head": `fc_lr_scale` (the LayerNorm + Linear + ToPoincare head): 1, or 100 in the
       ViT-S, DeiT-S and DINO scripts for SOP and In-shop;
-    * "hier_proxies": 50 (the hierarchical proxies of `init_hier_proxies`);
+    * "hier_proxies": 50 (the hierarchical proxies of `init_proxies`);
     * "class_proxies": 1e4 (the base loss's parameters, e.g. the Proxy-Anchor class proxies).
 
   Every group uses the same weight decay. The base learning rate is scaled by
@@ -277,7 +281,7 @@ def _straight_through_lca(max_dist: Array, noise: Array | None, tau: float
   return hard + soft - lax.stop_gradient(soft), idx
 
 
-def hier_triplet_loss(
+def triplet_loss(
     dist: Array,
     triplets: Triplets,
     key: Array | None,
@@ -314,12 +318,12 @@ def hier_triplet_loss(
   dtype = jnp.promote_types(dist.dtype, jnp.float32)
   shape = (2, triplets.anchor.shape[0], dist.shape[1])
   noise = None if key is None else jax.random.gumbel(key, shape, dtype)
-  return _hier_triplet_loss(dist, triplets, noise, margin, tau)
+  return _triplet_loss(dist, triplets, noise, margin, tau)
 
 
-def _hier_triplet_loss(dist: Array, triplets: Triplets, noise: Array | None, margin: float,
+def _triplet_loss(dist: Array, triplets: Triplets, noise: Array | None, margin: float,
                        tau: float) -> tuple[Array, dict[str, Array]]:
-  """`hier_triplet_loss` with its Gumbel noise given: `noise [2, M, P]` or None."""
+  """`triplet_loss` with its Gumbel noise given: `noise [2, M, P]` or None."""
   dist = dist.astype(jnp.promote_types(dist.dtype, jnp.float32))
   di, dj, dk = dist[triplets.anchor], dist[triplets.positive], dist[triplets.negative]
   m_ij = jnp.maximum(di, dj)
@@ -347,7 +351,7 @@ def _hier_triplet_loss(dist: Array, triplets: Triplets, noise: Array | None, mar
 # ------------------------------------------------------------------------------------------------
 
 
-def hier_loss_and_aux(
+def loss_and_aux(
     proxies: Array,
     embeddings: Array,
     labels: Array,
@@ -369,9 +373,9 @@ def hier_loss_and_aux(
      Riemannian gradient).
   2. Data triplets: `S = exp(-d(z, z)) + 1[y_i = y_j]` (no gradient; the label bonus makes
      same-class pairs mutual neighbours), `reciprocal_triplets(S)`, then
-     `hier_triplet_loss(d(z, rho))`.
+     `triplet_loss(d(z, rho))`.
   3. Proxy triplets: `S' = exp(-d(rho, rho))` (no gradient, no labels), `reciprocal_triplets(S')`,
-     then `hier_triplet_loss(d(rho, rho))`. As in the authors' code a proxy's LCA candidates
+     then `triplet_loss(d(rho, rho))`. As in the authors' code a proxy's LCA candidates
      include itself (distance 0), so for a proxy pair (i, j) the proxies i and j tie as candidate
      LCAs at `max = d(i, j)`; the Gumbel noise breaks the tie (without noise, float rounding
      does), and any proxy nearer to both wins over them.
@@ -383,7 +387,7 @@ def hier_loss_and_aux(
   the authors gather them across GPUs before the loss.
 
   Args:
-    proxies: [P, d] Euclidean proxy parameters (`init_hier_proxies`).
+    proxies: [P, d] Euclidean proxy parameters (`init_proxies`).
     embeddings: [B, d] embeddings already in the ball (the head's `to_poincare` output).
     labels: [B] integer labels.
     key: a `jax.random` key (triplet sampling and Gumbel noise).
@@ -413,20 +417,20 @@ def hier_loss_and_aux(
     _checks.positive(c, "c")
   if int(triplets_per_anchor) < 1:
     raise ValueError(f"`triplets_per_anchor` must be >= 1, got {triplets_per_anchor}.")
-  u_data, u_proxy, g_data, g_proxy = _hier_randomness(
+  u_data, u_proxy, g_data, g_proxy = _randomness(
       key, embeddings.shape[0], proxies.shape[0], int(triplets_per_anchor), lca_noise)
-  rho = hier_proxies_in_ball(proxies, c=c, clip_r=clip_r, riemannian=riemannian)
+  rho = proxies_in_ball(proxies, c=c, clip_r=clip_r, riemannian=riemannian)
 
   d_zz = lax.stop_gradient(poincare.dist_matrix(embeddings, c=c)).astype(jnp.float32)
   same = (labels[:, None] == labels[None, :]).astype(jnp.float32)
   t_data = _reciprocal_triplets(jnp.exp(-d_zz) + same, u_data, topk, negatives_include_anchor)
-  data_loss, data_aux = _hier_triplet_loss(poincare.dist_matrix(embeddings, rho, c=c), t_data,
+  data_loss, data_aux = _triplet_loss(poincare.dist_matrix(embeddings, rho, c=c), t_data,
                                            g_data, margin, tau)
 
   d_pp = poincare.dist_matrix(rho, c=c)
   t_proxy = _reciprocal_triplets(jnp.exp(-lax.stop_gradient(d_pp)), u_proxy, topk,
                                  negatives_include_anchor)
-  proxy_loss, proxy_aux = _hier_triplet_loss(d_pp, t_proxy, g_proxy, margin, tau)
+  proxy_loss, proxy_aux = _triplet_loss(d_pp, t_proxy, g_proxy, margin, tau)
   aux = {
       "data_loss": data_loss,
       "proxy_loss": proxy_loss,
@@ -438,9 +442,9 @@ def hier_loss_and_aux(
   return data_loss + proxy_loss, aux
 
 
-def _hier_randomness(key: Array, b: int, p: int, t: int, lca_noise: bool
+def _randomness(key: Array, b: int, p: int, t: int, lca_noise: bool
                      ) -> tuple[Array, Array, Array | None, Array | None]:
-  """All random numbers of one `hier_loss` call from a single draw (one generator to compile).
+  """All random numbers of one `loss` call from a single draw (one generator to compile).
 
   Returns uniforms for the data and proxy triplet sampling ([2, B, T], [2, P, T]) and Gumbel
   noise for the data and proxy LCA choices ([2, B T, P], [2, P T, P]; None without noise).
@@ -459,67 +463,30 @@ def _hier_randomness(key: Array, b: int, p: int, t: int, lca_noise: bool
   return u_data, u_proxy, gumbel(parts[2], (2, b * t, p)), gumbel(parts[3], (2, p * t, p))
 
 
-def hier_loss(proxies: Array, embeddings: Array, labels: Array, key: Array, **kwargs) -> Array:
-  """The HIER regulariser `L_HIER` as a scalar; see `hier_loss_and_aux` for the arguments.
+def loss(proxies: Array, embeddings: Array, labels: Array, key: Array, **kwargs) -> Array:
+  """The HIER regulariser `L_HIER` as a scalar; see `loss_and_aux` for the arguments.
 
   Defaults are the authors' (c 0.1, clip 2.3, margin 0.1, tau 0.1, topk 20, 50 triplets per
-  anchor). Add it to a base loss with weight 0.5 (`combine_losses`, `with_hier`).
+  anchor). Add it to a base loss with weight 0.5 (`combine_losses`, or `wrap` an objective).
+
+  >>> import jax, jax.numpy as jnp
+  >>> z = 0.3 * jnp.eye(4)  # points of the ball
+  >>> proxies = init_proxies(jax.random.PRNGKey(0), 8, 4)
+  >>> value = jax.jit(loss)(proxies, z, jnp.array([0, 0, 1, 1]), jax.random.PRNGKey(1))
+  >>> bool(jnp.isfinite(value))
+  True
   """
-  return hier_loss_and_aux(proxies, embeddings, labels, key, **kwargs)[0]
-
-
-_HIER_KWARGS = frozenset({"c", "clip_r", "margin", "tau", "topk", "triplets_per_anchor",
-                          "riemannian", "lca_noise", "negatives_include_anchor"})
+  return loss_and_aux(proxies, embeddings, labels, key, **kwargs)[0]
 
 
 def combine_losses(base_loss: Array, hier: Array, *, lambda1: float = DEFAULT_LAMBDA1,
                    lambda2: float = DEFAULT_LAMBDA2) -> Array:
-  """`lambda1 * base_loss + lambda2 * hier` (1 and 0.5 in every HIER script)."""
-  return lambda1 * base_loss + lambda2 * hier
+  """`lambda1 * base_loss + lambda2 * hier` (1 and 0.5 in every HIER script).
 
-
-def with_hier(
-    base_loss_fn: Callable[[Any, Array, Array], Array],
-    *,
-    lambda1: float = DEFAULT_LAMBDA1,
-    lambda2: float = DEFAULT_LAMBDA2,
-    **hier_kwargs,
-) -> Callable[[Any, Array, Array, Array, Array], tuple[Array, dict[str, Array]]]:
-  """Adds HIER to any base loss: returns `f(base_params, hier_proxies, z, y, key) -> (loss, aux)`.
-
-      loss = lambda1 * base_loss_fn(base_params, z, y)
-             + lambda2 * hier_loss(hier_proxies, z, y, key)
-
-  Both losses see the same ball embeddings z. A cosine-based base loss such as
-  `jaxdml.losses.proxy_anchor_loss` normalises them, and `normalize(to_poincare(x))` equals
-  `normalize(x)` (up to the projection), so it effectively sees the Euclidean head direction, as in
-  the authors' `PALoss_Angle`. Example:
-
-      loss_fn = with_hier(lambda p, z, y: losses.proxy_anchor_loss(z, y, p))
-      (loss, aux), grads = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-          pa_proxies, hier_proxies, z, y, key)
-
-  Args:
-    base_loss_fn: `(base_params, embeddings, labels) -> scalar`; `base_params` may be None.
-    lambda1: weight of the base loss (1).
-    lambda2: weight of HIER (0.5).
-    **hier_kwargs: keyword arguments of `hier_loss_and_aux` (c, margin, topk, ...).
-
-  Returns:
-    The combined loss function; aux holds "base_loss", "hier_loss" and HIER's diagnostics.
+  >>> float(combine_losses(2.0, 1.0))
+  2.5
   """
-  unknown = set(hier_kwargs) - _HIER_KWARGS
-  if unknown:
-    raise TypeError(f"unknown HIER arguments {sorted(unknown)}; expected some of "
-                    f"{sorted(_HIER_KWARGS)}.")
-
-  def loss_fn(base_params, hier_proxies, embeddings, labels, key):
-    base = base_loss_fn(base_params, embeddings, labels)
-    h, aux = hier_loss_and_aux(hier_proxies, embeddings, labels, key, **hier_kwargs)
-    total = combine_losses(base, h, lambda1=lambda1, lambda2=lambda2)
-    return total, {"base_loss": base, "hier_loss": h, **aux}
-
-  return loss_fn
+  return lambda1 * base_loss + lambda2 * hier
 
 
 def lowest_common_ancestors(x: Array, y: Array, proxies: Array, *,
@@ -533,7 +500,7 @@ def lowest_common_ancestors(x: Array, y: Array, proxies: Array, *,
 
   Args:
     x, y: [N, d] points of the ball (e.g. class centroids).
-    proxies: [P, d] proxies in the ball (`hier_proxies_in_ball(params)`).
+    proxies: [P, d] proxies in the ball (`proxies_in_ball(params)`).
     c: curvature parameter.
 
   Returns:
@@ -616,3 +583,143 @@ def hyp_pairwise_ce_loss(
   if reduction == "hier":
     return total / (m * m)
   return total
+
+
+# ------------------------------------------------------------------------------------------------
+# The objective
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """HIER settings; the defaults are the authors' (hier/train.py and every scripts/*/hier_*.sh).
+
+  Attributes:
+    num_proxies: hierarchical proxies (512, `--num_hproxies`).
+    lambda1, lambda2: `lambda1 L_inner + lambda2 L_HIER` (1 and 0.5).
+    lr_mult: the hierarchical proxies' learning-rate multiplier (50); the objective asks the
+      optimiser for it as the group "loss/<name>".
+    c, clip_r: the Poincare ball (curvature parameter 0.1, feature clipping 2.3): the head's.
+    margin, tau, topk, triplets_per_anchor, riemannian, lca_noise, negatives_include_anchor: as
+      `loss_and_aux`.
+
+  >>> Settings(num_proxies=64).lambda2
+  0.5
+  >>> Settings(lambda2=-1.0)
+  Traceback (most recent call last):
+  ...
+  ValueError: hier lambda2 must be >= 0, got -1.0.
+  """
+
+  num_proxies: int = DEFAULT_NUM_PROXIES
+  lambda1: float = DEFAULT_LAMBDA1
+  lambda2: float = DEFAULT_LAMBDA2
+  lr_mult: float = 50.0
+  c: float = poincare.DEFAULT_C
+  clip_r: float = poincare.DEFAULT_CLIP_R
+  margin: float = DEFAULT_MARGIN
+  tau: float = DEFAULT_TAU
+  topk: int = DEFAULT_TOPK
+  triplets_per_anchor: int = DEFAULT_TRIPLETS_PER_ANCHOR
+  riemannian: bool = True
+  lca_noise: bool = True
+  negatives_include_anchor: bool = True
+
+  def __post_init__(self):
+    for name in ("num_proxies", "topk", "triplets_per_anchor"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"hier {name} must be an int >= 1, got {value!r}.")
+    for name in ("lambda1", "lambda2", "margin"):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f"hier {name} must be >= 0, got {getattr(self, name)}.")
+    for name in ("lr_mult", "c", "clip_r", "tau"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"hier {name} must be > 0, got {getattr(self, name)}.")
+
+  def loss_kwargs(self) -> dict:
+    """Keyword arguments for `loss_and_aux`."""
+    return {"c": self.c, "clip_r": self.clip_r, "margin": self.margin, "tau": self.tau,
+            "topk": self.topk, "triplets_per_anchor": self.triplets_per_anchor,
+            "riemannian": self.riemannian, "lca_noise": self.lca_noise,
+            "negatives_include_anchor": self.negatives_include_anchor}
+
+
+def wrap(inner: objectives.Objective, settings: Settings = Settings(), *, dim: int,
+         name: str = "hier") -> objectives.Objective:
+  """HIER around any objective: `lambda1 L_inner + lambda2 L_HIER` on the same embeddings.
+
+  The embeddings must be points of the Poincare ball of `settings.c` (a hyperbolic head). The
+  hierarchical proxies are the parameters under `name`, with their own learning-rate group
+  (`lr_mult`); the key is split into (inner, own), in `init` (the inner parameters, then the
+  proxies) as in `apply` (the own key samples the triplets and the LCA noise).
+
+  Args:
+    inner: the base objective (Proxy-Anchor in the paper's main results).
+    settings: `Settings`.
+    dim: the embedding dimension (the proxies' too).
+    name: the parameter key and diagnostics name (`aux[f"{name}_loss"]`).
+
+  Returns:
+    The objective; its state and `soft` loss are the inner ones.
+
+  >>> import jax, jax.numpy as jnp
+  >>> from jaxdml import objectives
+  >>> obj = wrap(objectives.core("proxy_anchor", num_classes=2, dim=4), Settings(num_proxies=8),
+  ...            dim=4)
+  >>> params = obj.init(jax.random.PRNGKey(0))
+  >>> sorted(params), dict(obj.lr_mult)
+  (['hier', 'proxies'], {'hier': 50.0})
+  >>> batch = objectives.Batch(0.3 * jnp.eye(4), jnp.array([0, 0, 1, 1]))
+  >>> loss, _, aux = jax.jit(obj.apply)(params, {}, batch, jax.random.PRNGKey(1))
+  >>> bool(jnp.isclose(loss, aux["base_loss"] + 0.5 * aux["hier_loss"]))
+  True
+  """
+  if not isinstance(settings, Settings):
+    raise TypeError(f"settings must be a hier.Settings, got {type(settings).__name__}.")
+  if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+    raise ValueError(f"dim must be a positive int, got {dim!r}.")
+  kwargs = settings.loss_kwargs()
+
+  def init(key):
+    k_inner, k_own = jax.random.split(key)
+    params = dict(inner.init(k_inner))
+    if name in params:
+      raise ValueError(f"the inner objective {inner.name!r} already has parameters {name!r}; "
+                       "give this HIER another name.")
+    params[name] = init_proxies(k_own, settings.num_proxies, dim, clip_r=settings.clip_r)
+    return params
+
+  def apply(params, state, batch, key):
+    k_inner, k_own = jax.random.split(key)
+    inner_params = {k: v for k, v in params.items() if k != name}
+    base, state, aux = inner.apply(inner_params, state, batch, k_inner)
+    h, _ = loss_and_aux(params[name], batch.embeddings, batch.labels, k_own, **kwargs)
+    aux = dict(aux)
+    aux.setdefault("base_loss", base)
+    aux[f"{name}_loss"] = h
+    total = combine_losses(base, h, lambda1=settings.lambda1, lambda2=settings.lambda2)
+    return total, state, aux
+
+  return objectives.Objective(f"{inner.name}+{name}", init, apply, inner.init_state,
+                              soft=inner.soft,
+                              lr_mult={**inner.lr_mult, name: float(settings.lr_mult)})
+
+
+def build(inner: objectives.Objective, settings: Settings,
+          setup: objectives.Setup) -> objectives.Objective:
+  """`wrap` as applications build it: HIER's ball is the hyperbolic head's (`setup.ball`).
+
+  Raises ValueError without a hyperbolic head, or when `settings` name another ball.
+  """
+  if setup.ball is None:
+    raise ValueError("HIER places embeddings and proxies in the Poincare ball: it needs a "
+                     "hyperbolic head (model.head='hyperbolic').")
+  c, clip_r = (float(v) for v in setup.ball)
+  default = Settings()
+  for field, value in (("c", c), ("clip_r", clip_r)):
+    own = getattr(settings, field)
+    if own != value and own != getattr(default, field):
+      raise ValueError(f"hier {field} ({own}) differs from the head's ({value}): HIER's ball is "
+                       f"the head's; set it on the model (poincare_c / clip_r).")
+  return wrap(inner, dataclasses.replace(settings, c=c, clip_r=clip_r), dim=setup.dim)

@@ -16,17 +16,24 @@ loss on them; the training objective is
 
 The mixing function `f_lambda` interpolates inputs (input mixup), intermediate feature maps (feature
 or manifold mixup: `embed(mix(features(x), features(x'), lam))`) or embeddings (embedding mixup).
-This module holds everything that does not need a model: drawing lam, choosing the pairs to mix as
-fixed-size index arrays, mixing arrays, the soft targets of mixed examples, and `L_clean + w L_mix`
-for contrastive, multi-similarity, Proxy-Anchor and ProxyNCA++ through the `*_from_sim` losses of
-`jaxdml.losses`. The caller produces the mixed embeddings with any mixing location, e.g. for
-feature mixup with a `jaxdml.models.EmbeddingModel`:
+`wrap(inner, Settings(...))` adds `w L_mix` to any objective that has a loss over similarities
+with soft targets (`jaxdml.objectives.SoftLoss`: every built-in pair and proxy loss except lifted
+structure, N-pair and a margin loss with learned beta, and any loss made with
+`objectives.pair_loss` / `proxy_loss`): the mixed loss is the inner objective's own, with its
+hyperparameters. The network reaches it through the model seam of `jaxdml.objectives.Batch`
+(feature maps and head for feature mixup, inputs and the whole network for input mixup), which
+the train step always fills. The pieces are public: drawing lam, choosing the pairs to mix as
+fixed-size index arrays, mixing arrays, the soft targets of mixed examples, the mixed loss and
+the positivity analysis of the paper (which mixed examples a loss treats as positives), e.g.
+feature mixup by hand with a `jaxdml.models.EmbeddingModel`:
 
+    obj = objectives.core("multi_similarity")
     pairs = metrix.sample_pairs(key, labels, sim=jax.lax.stop_gradient(sim_clean))
     feats = model.apply(variables, images, train=True, method="features")
     mixed = model.apply(variables, metrix.mix_pairs(feats, pairs), train=True,
                         method="embed_features")
-    loss = metrix.metrix_loss("multi_similarity", clean, labels, mixed, pairs)
+    loss = losses.multi_similarity_loss(clean, labels) + 0.4 * metrix.mixed_loss(
+        obj, {}, clean, labels, mixed, pairs)
 
 Defaults and where they come from (the official code, `main.py`, `train.py`, `mixup/utils.py`,
 `mixup/losses.py`, `net/feature_resnet.py`):
@@ -39,42 +46,31 @@ Defaults and where they come from (the official code, `main.py`, `train.py`, `mi
   * the mixed embedding itself is not re-normalised by the code, but every distance it enters
     normalises it (PML's `LpDistance` has `normalize_embeddings=True`), so the loss sees the
     re-normalised mixture; every loss here works on cosine similarities for the same reason.
-The released code (commit 7ce730c) implements the contrastive loss only. The multi-similarity
-(alpha 2, beta 50, base 0.5), Proxy-Anchor (margin 0.1, alpha 32) and ProxyNCA++ (temperature 1/9)
-hyperparameters are those of the losses' own papers and of `jaxdml.losses`; the mixed loss for them
-is the paper's `L_clean + w L_mix`, not the fused multi-similarity form of a later version of the
-code.
+The released code (commit 7ce730c) implements the contrastive loss only. For the other losses the
+mixed loss is the paper's `L_clean + w L_mix` with the clean loss's hyperparameters, not the fused
+multi-similarity form of a later version of the code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdml import _checks, similarity, targets
-from jaxdml import losses as _losses
+from jaxdml import _checks, objectives, similarity, targets
 
 Array = jax.Array
 
-KINDS = ("contrastive", "multi_similarity", "proxy_anchor", "proxy_nca")
 PAIRINGS = ("pos_neg", "anchor_neg", "random")
-PROXY_KINDS = ("proxy_anchor", "proxy_nca")
+LOCATIONS = ("input", "feature", "embedding")
 
 #: Beta(alpha, alpha) parameter of lam (official code, `main.py --alpha`).
 DEFAULT_ALPHA = 2.0
 #: Weight w of the mixed loss (official code, `train.py`).
 DEFAULT_WEIGHT = 0.4
-
-#: Default hyperparameters of every loss kind, used by both the clean and the mixed loss.
-DEFAULT_HPARAMS: dict[str, dict[str, float]] = {
-    "contrastive": {"pos_margin": 0.0, "neg_margin": 0.5},
-    "multi_similarity": {"alpha": 2.0, "beta": 50.0, "base": 0.5},
-    "proxy_anchor": {"margin": 0.1, "alpha": 32.0},
-    "proxy_nca": {"temperature": 1.0 / 9.0},
-}
 
 
 class MixPairs(NamedTuple):
@@ -438,47 +434,37 @@ def mixed_proxy_targets(labels: Array, pairs: MixPairs, num_classes: int) -> tup
 # --------------------------------------------------------------------------- losses
 
 
-def _hparams(kind: str, overrides: dict[str, Any]) -> dict[str, Any]:
-  _checks.one_of(kind, KINDS, "kind")
-  params = dict(DEFAULT_HPARAMS[kind])
-  unknown = set(overrides) - set(params)
-  if unknown:
-    raise TypeError(f"unknown hyperparameters {sorted(unknown)} for {kind!r}; "
-                    f"expected some of {sorted(params)}.")
-  params.update(overrides)
-  return params
+def _soft(loss: objectives.Objective | objectives.SoftLoss) -> objectives.SoftLoss:
+  soft = loss.soft if isinstance(loss, objectives.Objective) else loss
+  if not isinstance(soft, objectives.SoftLoss):
+    name = getattr(loss, "name", type(loss).__name__)
+    raise ValueError(
+        f"Metrix mixes with a loss over similarities with soft targets (`SoftLoss`); {name!r} "
+        "has none (lifted structure, N-pair and a margin loss with learned beta form their own "
+        "pairs). Use another loss, or `objectives.pair_loss` / `proxy_loss` for your own.")
+  return soft
 
 
-def mixed_loss_from_sim(kind: str, sim: Array, target: Array, mask: Array | None = None,
-                        **hparams: float) -> Array:
-  """One loss of `KINDS` as a function of a cosine-similarity matrix with soft targets.
+def mixed_inputs(loss: objectives.Objective | objectives.SoftLoss, params: Any,
+                 embeddings: Array, labels: Array, mixed: Array, pairs: MixPairs, *,
+                 own_anchor: bool = True) -> tuple[Array, Array, Array]:
+  """The (sim, target, mask) of the mixed loss of an objective (or its `SoftLoss`).
 
-  For "contrastive" and "multi_similarity", `sim` is [Q, R] anchors by references; for
-  "proxy_anchor" and "proxy_nca" it is [N, C] embeddings by proxies. Every loss is computed from the
-  cosine similarity s of unit vectors, so that its gradient with respect to s is defined for all
-  four (see `positivity`):
-  * contrastive: `contrastive_from_dist` on `d = sqrt(2 - 2 s)` (Euclidean distance of unit
-    vectors); margins 0 (positive) and 0.5 (negative) (official code);
-  * multi_similarity: `multi_similarity_from_sim`; alpha 2, beta 50, base 0.5;
-  * proxy_anchor: `proxy_anchor_from_sim`; margin 0.1, alpha 32;
-  * proxy_nca: `proxy_nca_from_sim` on `2 s - 2 = -|x - p|^2` of unit vectors; temperature 1/9
-    (ProxyNCA++).
-  Keyword arguments override the defaults of `DEFAULT_HPARAMS[kind]`.
+  Pair losses: the clean anchors [B] against the mixed examples [M], `sim [B, M]` with
+  `mixed_targets`. Proxy losses: the mixed examples [M] against the C proxies in `params`,
+  `sim [M, C]` with `mixed_proxy_targets` (for Proxy-Anchor the proxies are the anchors; for
+  ProxyNCA++ each mixed example is). `sim` is computed as the loss computes its own.
+
+  >>> import jax.numpy as jnp
+  >>> from jaxdml import objectives
+  >>> y = jnp.array([0, 0, 1, 1])
+  >>> p = select_pairs(y, 0.5)
+  >>> sim, target, mask = mixed_inputs(objectives.core("multi_similarity"), {}, jnp.eye(4), y,
+  ...                                  mix_pairs(jnp.eye(4), p), p)
+  >>> sim.shape, float(target[0, 0])
+  ((4, 4), 0.5)
   """
-  hp = _hparams(kind, hparams)
-  _checks.matrix_triple(sim, target, mask)
-  if kind == "contrastive":
-    dist = similarity.to_distance(sim, "cosine")
-    return _losses.contrastive_from_dist(dist, target, mask, **hp)
-  if kind == "multi_similarity":
-    return _losses.multi_similarity_from_sim(sim, target, mask, **hp)
-  if kind == "proxy_anchor":
-    return _losses.proxy_anchor_from_sim(sim, target, mask, **hp)
-  return _losses.proxy_nca_from_sim(2.0 * sim - 2.0, target, mask, **hp)
-
-
-def _check_embeddings(embeddings, labels, mixed, pairs, kind, proxies):
-  _checks.one_of(kind, KINDS, "kind")
+  soft = _soft(loss)
   _checks.embeddings(embeddings, "embeddings")
   _checks.labels(labels, embeddings.shape[0], "labels")
   _checks.embeddings(mixed, "mixed")
@@ -488,148 +474,266 @@ def _check_embeddings(embeddings, labels, mixed, pairs, kind, proxies):
   if mixed.shape[1] != embeddings.shape[1]:
     raise ValueError(f"`mixed` have dimension {mixed.shape[1]} but `embeddings` have "
                      f"{embeddings.shape[1]}.")
-  if kind in PROXY_KINDS:
-    if proxies is None:
-      raise ValueError(f"kind {kind!r} needs `proxies` [C, d].")
-    _checks.check_rank(proxies, 2, "proxies", "[num_classes, dim]")
-    _checks.check_floating(proxies, "proxies")
-    if proxies.shape[1] != embeddings.shape[1]:
-      raise ValueError(f"`proxies` have dimension {proxies.shape[1]} but `embeddings` have "
-                       f"{embeddings.shape[1]}.")
-
-
-def mixed_inputs(kind: str, embeddings: Array, labels: Array, mixed: Array, pairs: MixPairs, *,
-                 proxies: Array | None = None, own_anchor: bool = True
-                 ) -> tuple[Array, Array, Array]:
-  """The (sim, target, mask) of the mixed loss.
-
-  Pair kinds: clean anchors [B] against the mixed examples [M], `sim = cos(embeddings, mixed)`
-  ([B, M]) with `mixed_targets`. Proxy kinds: mixed examples [M] against the proxies [C],
-  `sim = cos(mixed, proxies)` ([M, C]) with `mixed_proxy_targets` (for Proxy-Anchor the proxies are
-  the anchors; for ProxyNCA++ each mixed example is the anchor).
-  """
-  _check_embeddings(embeddings, labels, mixed, pairs, kind, proxies)
-  if kind in PROXY_KINDS:
-    sim = similarity.cosine(mixed, proxies)
-    target, mask = mixed_proxy_targets(labels, pairs, proxies.shape[0])
+  if soft.kind == "proxies":
+    sim = soft.similarity(params, mixed, None)
+    target, mask = mixed_proxy_targets(labels, pairs, sim.shape[1])
   else:
-    sim = similarity.cosine(embeddings, mixed)
+    sim = soft.similarity(params, embeddings, mixed)
     target, mask = mixed_targets(labels, pairs, own_anchor=own_anchor)
   return sim, target.astype(sim.dtype), mask
 
 
-def mixed_loss(kind: str, embeddings: Array, labels: Array, mixed: Array, pairs: MixPairs, *,
-               proxies: Array | None = None, own_anchor: bool = True, **hparams: float) -> Array:
+def mixed_loss(loss: objectives.Objective | objectives.SoftLoss, params: Any, embeddings: Array,
+               labels: Array, mixed: Array, pairs: MixPairs, *, own_anchor: bool = True) -> Array:
   """L_mix: the loss of the clean anchors against the mixed examples with soft targets.
 
   Args:
-    kind: "contrastive", "multi_similarity", "proxy_anchor" or "proxy_nca" (ProxyNCA++).
-    embeddings: [B, d] clean embeddings of the batch.
-    labels: [B] integer labels.
+    loss: the clean objective (`jaxdml.objectives.Objective`) or its `soft` loss: L_mix is the
+      same loss with the same hyperparameters, on soft targets.
+    params: the objective's parameters (the class proxies of a proxy loss; {} for most pair
+      losses).
+    embeddings: [B, d] clean embeddings of the batch; labels: [B] integer labels.
     mixed: [M, d] mixed embeddings aligned with `pairs` (any mixing location).
     pairs: `MixPairs` (carrying lam).
-    proxies: [C, d] class proxies for the proxy kinds.
-    own_anchor: see `mixed_targets` (pair kinds only).
-    **hparams: overrides of `DEFAULT_HPARAMS[kind]`.
+    own_anchor: see `mixed_targets` (pair losses only).
 
   Returns:
     Scalar. With lam = 1 (0) and positive-negative pairs it equals the clean loss of the anchors
     against their positives (negatives) only.
+
+  >>> import jax.numpy as jnp
+  >>> from jaxdml import objectives
+  >>> y = jnp.array([0, 0, 1, 1])
+  >>> p = select_pairs(y, 0.5)
+  >>> obj = objectives.core("contrastive", neg_margin=0.5)
+  >>> float(mixed_loss(obj, {}, jnp.eye(4), y, mix_pairs(jnp.eye(4), p), p)) > 0
+  True
   """
-  sim, target, mask = mixed_inputs(kind, embeddings, labels, mixed, pairs, proxies=proxies,
+  soft = _soft(loss)
+  sim, target, mask = mixed_inputs(soft, params, embeddings, labels, mixed, pairs,
                                    own_anchor=own_anchor)
-  return mixed_loss_from_sim(kind, sim, target, mask, **hparams)
+  return soft.loss(params, sim, target, mask)
 
 
-def clean_loss(kind: str, embeddings: Array, labels: Array, *, proxies: Array | None = None,
-               **hparams: float) -> Array:
-  """L_clean: the plain `jaxdml.losses` loss of the batch, with the Metrix defaults.
+# --------------------------------------------------------------------------- the objective
 
-  contrastive: `contrastive_loss` (Euclidean distance of normalised embeddings, neg margin 0.5);
-  multi_similarity: `multi_similarity_loss` (no pair miner); proxy_anchor: `proxy_anchor_loss`;
-  proxy_nca: `proxy_nca_loss` with temperature 1/9.
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Metrix settings, with the official code's defaults.
+
+  Attributes:
+    location: where to mix: "feature" (the last feature maps, the README's recipe), "input"
+      (the images) or "embedding".
+    alpha: lam ~ Beta(alpha, alpha) (2.0).
+    weight: w of `L_clean + w L_mix` (0.4).
+    pairing: "random" (a coin flip per step between positive-negative and anchor-negative
+      pairs, as the code), "pos_neg" or "anchor_neg" (see `select_pairs`).
+    num_positives, num_negatives: per anchor, an int or None (all); "auto" is the code's choice
+      for the location: input mixup mixes every positive with the hardest negative (None / 1),
+      feature and embedding mixup the first positive with every negative (1 / None).
+    num_mixed: keep a fixed number of mixed examples per step (None: all slots).
+    per_example_lambda: one lam per mixed example (False: one per step, as the code).
+    own_anchor: compare a mixed example with its own anchor only (True, as the code).
+    hard_negatives: rank negatives by similarity when a subset is taken (True).
+    anchor_neg_all: anchor-negative pairs for every anchor, not only those without a positive.
+
+  >>> Settings(location="input").negatives
+  1
+  >>> Settings(location="pixels")
+  Traceback (most recent call last):
+  ...
+  ValueError: metrix location must be one of ('input', 'feature', 'embedding'), got 'pixels'.
   """
-  hp = _hparams(kind, hparams)
-  if kind == "contrastive":
-    return _losses.contrastive_loss(embeddings, labels, **hp)
-  if kind == "multi_similarity":
-    return _losses.multi_similarity_loss(embeddings, labels, **hp)
-  if proxies is None:
-    raise ValueError(f"kind {kind!r} needs `proxies` [C, d].")
-  if kind == "proxy_anchor":
-    return _losses.proxy_anchor_loss(embeddings, labels, proxies, **hp)
-  return _losses.proxy_nca_loss(embeddings, labels, proxies, **hp)
+
+  location: str = "feature"
+  alpha: float = DEFAULT_ALPHA
+  weight: float = DEFAULT_WEIGHT
+  pairing: str = "random"
+  num_positives: int | None | str = "auto"
+  num_negatives: int | None | str = "auto"
+  num_mixed: int | None = None
+  per_example_lambda: bool = False
+  own_anchor: bool = True
+  hard_negatives: bool = True
+  anchor_neg_all: bool = False
+
+  def __post_init__(self):
+    if self.location not in LOCATIONS:
+      raise ValueError(f"metrix location must be one of {LOCATIONS}, got {self.location!r}.")
+    if self.pairing not in PAIRINGS:
+      raise ValueError(f"metrix pairing must be one of {PAIRINGS}, got {self.pairing!r}.")
+    if not self.alpha > 0:
+      raise ValueError(f"metrix alpha must be > 0, got {self.alpha}.")
+    if not self.weight >= 0:
+      raise ValueError(f"metrix weight must be >= 0, got {self.weight}.")
+    for name in ("num_positives", "num_negatives", "num_mixed"):
+      value = getattr(self, name)
+      if value is None or (value == "auto" and name != "num_mixed"):
+        continue
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"metrix {name} must be a positive int or None"
+                         + (" or 'auto'" if name != "num_mixed" else "") + f", got {value!r}.")
+
+  @property
+  def positives(self) -> int | None:
+    """Positives per anchor (`num_positives` with "auto" resolved for the location)."""
+    if self.num_positives == "auto":
+      return None if self.location == "input" else 1
+    return self.num_positives
+
+  @property
+  def negatives(self) -> int | None:
+    """Negatives per anchor (`num_negatives` with "auto" resolved for the location)."""
+    if self.num_negatives == "auto":
+      return 1 if self.location == "input" else None
+    return self.num_negatives
 
 
-def metrix_loss(kind: str, embeddings: Array, labels: Array, mixed: Array, pairs: MixPairs, *,
-                proxies: Array | None = None, weight: float | Array = DEFAULT_WEIGHT,
-                own_anchor: bool = True, **hparams: float) -> Array:
-  """Metrix objective `L_clean + weight * L_mix` for one loss kind.
+def _mixed_embeddings(settings: Settings, batch: objectives.Batch, pairs: MixPairs) -> Array:
+  z = batch.embeddings
+  if settings.location == "embedding":
+    return mix_pairs(z, pairs)
+  fns = batch.model
+  if settings.location == "feature":
+    if batch.features is None or fns is None or fns.head is None:
+      raise ValueError("Metrix feature mixup needs the batch's feature maps and the model's "
+                       "head (`Batch.features`, `Batch.model.head`): train through "
+                       "jaxdml.train's step with a model that has `features` / "
+                       "`embed_features`, or mix at location='embedding'.")
+    return fns.head(mix_pairs(batch.features, pairs))
+  if batch.inputs is None or fns is None:
+    raise ValueError("Metrix input mixup needs the batch's inputs and the model "
+                     "(`Batch.inputs`, `Batch.model.embed`): train through jaxdml.train's step, "
+                     "or mix at location='embedding'.")
+  return fns.embed(mix_pairs(batch.inputs, pairs))
 
-  `L_clean = clean_loss(kind, embeddings, labels)`, `L_mix = mixed_loss(kind, ..., mixed, pairs)`,
-  both with the same hyperparameters (`DEFAULT_HPARAMS[kind]`, overridden by `hparams`).
+
+def wrap(inner: objectives.Objective, settings: Settings = Settings(), *,
+         name: str = "metrix") -> objectives.Objective:
+  """Metrix around any objective with a soft loss: `L_inner + w L_mix`.
+
+  Each step selects the pairs to mix (`select_pairs`, hardest negatives by the clean cosine
+  similarity), draws lam, mixes at `settings.location` (the embeddings, or through the model
+  seam: `Batch.features` and `Batch.model.head` for feature mixup, `Batch.inputs` and
+  `Batch.model.embed` for input mixup) and scores the clean anchors against the mixed examples
+  with the inner objective's own loss on soft targets (`inner.soft`, see `mixed_loss`). The
+  step's key is split into (inner, own); the own key draws the pairs and lam.
 
   Args:
-    kind: "contrastive", "multi_similarity", "proxy_anchor" or "proxy_nca" (ProxyNCA++).
-    embeddings: [B, d] clean embeddings; labels: [B] integer labels.
-    mixed: [M, d] mixed embeddings aligned with `pairs`.
-    pairs: `MixPairs` from `sample_pairs` / `select_pairs`.
-    proxies: [C, d] for the proxy kinds.
-    weight: w, 0.4 (official code; 0.3 in its embedding-mixup anchor-negative branch).
-    own_anchor: see `mixed_targets`.
+    inner: the clean objective; it must have a `soft` loss.
+    settings: `Settings`.
+    name: the diagnostics key: `aux["mix_loss"]` (the default name) or `aux[f"{name}_loss"]`.
 
   Returns:
-    Scalar loss.
+    The objective; its parameters, state and `soft` loss are the inner ones.
 
-  Deviations: the code's multi-similarity variant fuses clean and mixed terms inside one
-  log-sum; here the two losses are separate, as in the paper's formulation.
+  >>> import jax, jax.numpy as jnp
+  >>> from jaxdml import objectives
+  >>> obj = wrap(objectives.core("contrastive"), Settings(location="embedding", weight=0.4))
+  >>> z, y = jnp.eye(4), jnp.array([0, 0, 1, 1])
+  >>> loss, _, aux = obj.apply({}, {}, objectives.Batch(z, y), jax.random.PRNGKey(0))
+  >>> bool(jnp.isclose(loss, aux["base_loss"] + 0.4 * aux["mix_loss"]))
+  True
   """
-  l_mix = mixed_loss(kind, embeddings, labels, mixed, pairs, proxies=proxies,
-                     own_anchor=own_anchor, **hparams)
-  return clean_loss(kind, embeddings, labels, proxies=proxies, **hparams) + weight * l_mix
+  if not isinstance(settings, Settings):
+    raise TypeError(f"settings must be a metrix.Settings, got {type(settings).__name__}.")
+  soft = _soft(inner)
+  aux_key = "mix_loss" if name == "metrix" else f"{name}_loss"
+
+  def apply(params, state, batch, key):
+    k_inner, k_own = jax.random.split(key)
+    loss, state, aux = inner.apply(params, state, batch, k_inner)
+    k_pairs, k_lam = jax.random.split(k_own)
+    z, y = batch.embeddings, batch.labels
+    sim = jax.lax.stop_gradient(similarity.cosine(z, z)) if settings.hard_negatives else None
+    pairs = select_pairs(y, 0.0, pairing=settings.pairing, sim=sim, key=k_pairs,
+                         num_positives=settings.positives, num_negatives=settings.negatives,
+                         num_mixed=settings.num_mixed, anchor_neg_all=settings.anchor_neg_all)
+    lam_shape = pairs.anchor.shape if settings.per_example_lambda else ()
+    pairs = pairs._replace(lam=sample_lambda(k_lam, settings.alpha, lam_shape))
+    mixed = _mixed_embeddings(settings, batch, pairs).astype(z.dtype)
+    mix = mixed_loss(soft, params, z, y, mixed, pairs, own_anchor=settings.own_anchor)
+    aux = dict(aux)
+    aux.setdefault("base_loss", loss)
+    aux[aux_key] = mix
+    return loss + settings.weight * mix, state, aux
+
+  return objectives.Objective(f"{inner.name}+{name}", inner.init, apply, inner.init_state,
+                              soft=inner.soft, lr_mult=inner.lr_mult)
+
+
+def build(inner: objectives.Objective, settings: Settings,
+          setup: objectives.Setup) -> objectives.Objective:
+  """`wrap` as applications build it: input mixup of a P x M batch keeps exactly its
+  P M (M - 1) positive-negative mixes (`num_mixed`), so no padding image goes through the
+  network."""
+  if settings.location == "input" and settings.num_mixed is None and setup.per_class:
+    p, m = setup.classes_per_batch, setup.per_class
+    settings = dataclasses.replace(settings, num_mixed=max(1, p * m * (m - 1)))
+  return wrap(inner, settings)
 
 
 # --------------------------------------------------------------------------- positivity
 
 
-def positivity(kind: str, sim: Array, target: Array, mask: Array | None = None,
-               **hparams: float) -> tuple[Array, Array]:
+def positivity(loss: objectives.Objective | objectives.SoftLoss, params: Any, sim: Array,
+               target: Array, mask: Array | None = None) -> tuple[Array, Array]:
   """Which pairs act as positives: `d loss / d s <= 0` for every entry of a similarity matrix.
 
   Venkataramanan et al. call a mixed embedding v "positive" for anchor a when
   `d l(a) / d s(a, v) <= 0`: increasing the similarity decreases the loss, so the loss pulls v
-  towards a. The gradient is taken with `jax.grad` of `mixed_loss_from_sim(kind, ...)` with respect
-  to the cosine-similarity matrix. Entries outside the mask have gradient 0 and are reported False.
-  A zero gradient inside the mask (a satisfied margin) counts as positive, by the paper's `<=`.
+  towards a. The gradient is taken with `jax.grad` of the objective's soft loss with respect to
+  its similarities (a distance-based loss: the negated distance). Entries outside the mask have
+  gradient 0 and are reported False. A zero gradient inside the mask (a satisfied margin)
+  counts as positive, by the paper's `<=`.
 
   Args:
-    kind, sim, target, mask, hparams: as `mixed_loss_from_sim` (for the proxy kinds the pair of a
-      mixed example v and the proxy of class c is entry [v, c]).
+    loss: an objective with a soft loss, or the `SoftLoss`.
+    params: its parameters.
+    sim, target, mask: [Q, R] as `mixed_inputs` gives them.
 
   Returns:
     (grad [Q, R], positive [Q, R] bool).
+
+  >>> import jax.numpy as jnp
+  >>> from jaxdml import objectives
+  >>> _, positive = positivity(objectives.core("multi_similarity"), {},
+  ...                          jnp.array([[0.2, 0.1]]), jnp.array([[1.0, 0.0]]))
+  >>> positive.tolist()
+  [[True, False]]
   """
+  soft = _soft(loss)
   _checks.matrix_triple(sim, target, mask)
-  grad = jax.grad(lambda s: mixed_loss_from_sim(kind, s, target, mask, **hparams))(sim)
+  grad = jax.grad(lambda s: soft.loss(params, s, target, mask))(sim)
   positive = grad <= 0
   if mask is not None:
     positive = positive & mask
   return grad, positive
 
 
-def mixed_positivity(kind: str, embeddings: Array, labels: Array, mixed: Array, pairs: MixPairs, *,
-                     proxies: Array | None = None, own_anchor: bool = True,
-                     **hparams: float) -> Array:
+def mixed_positivity(loss: objectives.Objective | objectives.SoftLoss, params: Any,
+                     embeddings: Array, labels: Array, mixed: Array, pairs: MixPairs, *,
+                     own_anchor: bool = True) -> Array:
   """[M] bool: whether each valid mixed example acts as a positive for its own anchor.
 
-  The pair read is (anchor[m], m) for the pair kinds and (m, class of anchor[m]) for the proxy
-  kinds; the loss is `mixed_loss` (the clean loss does not depend on these similarities).
+  The pair read is (anchor[m], m) for pair losses and (m, class of anchor[m]) for proxy losses;
+  the loss is `mixed_loss` (the clean loss does not depend on these similarities).
+
+  >>> import jax.numpy as jnp
+  >>> from jaxdml import objectives
+  >>> y = jnp.array([0, 0, 1, 1])
+  >>> p = select_pairs(y, 1.0)
+  >>> mixed_positivity(objectives.core("multi_similarity"), {}, jnp.eye(4), y,
+  ...                  mix_pairs(jnp.eye(4), p), p).tolist()
+  [True, True, True, True]
   """
-  sim, target, mask = mixed_inputs(kind, embeddings, labels, mixed, pairs, proxies=proxies,
+  soft = _soft(loss)
+  sim, target, mask = mixed_inputs(soft, params, embeddings, labels, mixed, pairs,
                                    own_anchor=own_anchor)
-  _, positive = positivity(kind, sim, target, mask, **hparams)
+  _, positive = positivity(soft, params, sim, target, mask)
   m = jnp.arange(pairs.anchor.shape[0])
-  if kind in PROXY_KINDS:
+  if soft.kind == "proxies":
     out = positive[m, labels[pairs.anchor]]
   else:
     out = positive[pairs.anchor, m]
@@ -637,41 +741,49 @@ def mixed_positivity(kind: str, embeddings: Array, labels: Array, mixed: Array, 
 
 
 def positivity_curve(
-    kind: str,
+    loss: objectives.Objective | objectives.SoftLoss,
+    params: Any,
     embeddings: Array,
     labels: Array,
     lambdas: Array,
     *,
-    proxies: Array | None = None,
     pairs: MixPairs | None = None,
     mix_fn: Callable[[MixPairs], Array] | None = None,
     own_anchor: bool = True,
-    **hparams: float,
 ) -> Array:
   """Fraction of mixed examples that act as positives, for each lam of a grid.
 
-  For every lam, the mixed examples of `pairs` are formed with that lam, the mixed loss of `kind`
-  is differentiated with respect to the anchor-to-mixed similarities, and the fraction of valid
+  For every lam, the mixed examples of `pairs` are formed with that lam, the mixed loss is
+  differentiated with respect to the anchor-to-mixed similarities, and the fraction of valid
   mixed examples with `d loss / d s <= 0` is returned (see `positivity`). Averaged over real
   batches, it estimates the probability that a mixed embedding behaves as a positive as a function
   of lam. For a positive-negative mix the soft target is lam, so a faithful loss turns from
   negative to positive as lam grows.
 
   Args:
-    kind: one of `KINDS`.
+    loss: an objective with a soft loss (e.g. `objectives.core("contrastive", neg_margin=0.5)`),
+      or the `SoftLoss`.
+    params: its parameters (the proxies of a proxy loss).
     embeddings: [B, d] clean embeddings of a batch; labels: [B] integer labels.
     lambdas: [L] grid of values in [0, 1].
-    proxies: [C, d] for the proxy kinds.
     pairs: which examples to mix (their lam is replaced); default: every (anchor, first positive,
       negative) triple, `select_pairs(labels, 0., pairing="pos_neg", num_negatives=None)`.
     mix_fn: maps `pairs` (with the current lam) to [M, d] mixed embeddings, e.g. feature mixup
       through a model; default: embedding mixup of the L2-normalised `embeddings` (the code's
       model outputs unit vectors), re-normalised.
-    own_anchor, hparams: as `mixed_loss`.
+    own_anchor: as `mixed_loss`.
 
   Returns:
     [L] float32 fractions (0 where a batch has no valid mixed example).
+
+  >>> import jax.numpy as jnp
+  >>> from jaxdml import objectives
+  >>> curve = positivity_curve(objectives.core("multi_similarity"), {}, jnp.eye(4),
+  ...                          jnp.array([0, 0, 1, 1]), jnp.array([0.0, 1.0]))
+  >>> curve.tolist()
+  [0.0, 1.0]
   """
+  soft = _soft(loss)
   _checks.check_rank(lambdas, 1, "lambdas", "[num_lambdas]")
   _check_lambda(lambdas, "lambdas")
   if pairs is None:
@@ -683,8 +795,8 @@ def positivity_curve(
 
   def one(lam):
     p = pairs._replace(lam=lam)
-    pos = mixed_positivity(kind, embeddings, labels, mix_fn(p), p, proxies=proxies,
-                           own_anchor=own_anchor, **hparams)
+    pos = mixed_positivity(soft, params, embeddings, labels, mix_fn(p), p,
+                           own_anchor=own_anchor)
     n = jnp.sum(p.valid)
     return jnp.sum(pos) / jnp.maximum(n, 1)
 

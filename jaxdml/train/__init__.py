@@ -1,14 +1,24 @@
-"""Training: config, optimiser, sharded train step, checkpoints, the loop, logs and whole runs."""
+"""The training library: it takes objects (a model, an objective, an optimiser, a batch stream),
+never a config.
 
-from jaxdml.train.config import TrainConfig
-from jaxdml.train.objectives import Objective, make_objective
+  - `state`: the train state pytree and its initialisation;
+  - `sharding`: the data-parallel mesh and the shardings of state and batches;
+  - `step`: the jitted, sharded train step and the model seam it gives the objective;
+  - `loop`: the loop (`train`): periodic evaluation, logging, checkpoints and resumption;
+  - `optim`: optimiser parameter groups, schedules, frozen warm-up, clipping;
+  - `checkpoint`, `metric_writers`, `plots`: orbax checkpoints, metrics.jsonl / TensorBoard,
+    curves and retrieval grids;
+  - `batches`, `evaluate`: in-memory batch streams; embedding a data set and scoring it.
+"""
+
+from jaxdml.train.loop import NonFiniteLossError, TrainResult, train
 from jaxdml.train.optim import OptimizerSpec, make_optimizer
-from jaxdml.train.run import run, run_digits
-from jaxdml.train.step import TrainState, init_state, make_mesh, make_train_step
-from jaxdml.train.trainer import NonFiniteLossError, TrainResult, train
+from jaxdml.train.sharding import make_mesh, put_batch
+from jaxdml.train.state import TrainState, init_state
+from jaxdml.train.step import make_train_step
 
-_LAZY = {"Checkpointer": "checkpoint", "MetricsLogger": "logging", "read_metrics": "logging",
-         "plot_curves": "plots", "retrieval_grid": "plots"}
+_LAZY = {"Checkpointer": "checkpoint", "MetricsLogger": "metric_writers",
+         "read_metrics": "metric_writers", "plot_curves": "plots", "retrieval_grid": "plots"}
 
 
 def __getattr__(name):  # orbax, tensorboardX and matplotlib load on first use
@@ -18,6 +28,5 @@ def __getattr__(name):  # orbax, tensorboardX and matplotlib load on first use
   raise AttributeError(f"module 'jaxdml.train' has no attribute {name!r}")
 
 
-__all__ = ["TrainConfig", "Objective", "make_objective", "OptimizerSpec", "make_optimizer", "run",
-           "run_digits", "TrainState", "init_state", "make_mesh", "make_train_step",
-           "NonFiniteLossError", "TrainResult", "train", *_LAZY]
+__all__ = ["OptimizerSpec", "make_optimizer", "make_mesh", "put_batch", "TrainState",
+           "init_state", "make_train_step", "NonFiniteLossError", "TrainResult", "train", *_LAZY]

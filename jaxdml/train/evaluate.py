@@ -17,7 +17,8 @@ from jax.sharding import Mesh
 
 from jaxdml import evaluation
 from jaxdml.geometry import poincare
-from jaxdml.train.step import make_embed_fn, put_batch
+from jaxdml.train.sharding import put_batch
+from jaxdml.train.step import make_embed_fn
 
 
 def _round_up(n: int, m: int) -> int:

@@ -75,7 +75,7 @@ def plot_curves(
   values leave gaps.
 
   Args:
-    records: metric records, e.g. from `jaxdml.train.logging.read_metrics`.
+    records: metric records, e.g. from `jaxdml.train.metric_writers.read_metrics`.
     path: the PNG file to write (its directory is created if needed).
     x: the record key on the horizontal axis: "step", or "epoch" if the records carry it.
     loss_key: the name of the training loss.
@@ -285,3 +285,39 @@ def retrieval_grid(
       fig.text(x / width, 1.0 - y / height, text, ha="center", va="top", fontsize=7,
                color="black")
   return _save(fig, path)
+
+
+def save_retrieval_grid(path, q_emb, q_lab, g_emb, g_lab, q_image, g_image, *, same_set: bool,
+                        num_queries: int = 8, k: int = 5, similarity: str = "cosine",
+                        c: float = 0.1) -> str:
+  """Draws queries and their top-k retrievals (green right, red wrong).
+
+  Args:
+    path: PNG file to write.
+    q_emb, q_lab, g_emb, g_lab: query and gallery embeddings and labels.
+    q_image, g_image: `index -> image` (uint8 [H, W, 3], all the same size) of each set.
+    same_set: leave-one-out (the gallery is the query set; the query is left out of its list).
+    num_queries: rows, spread evenly over the queries.
+    k: neighbours per row.
+    similarity, c: "cosine", or "poincare" (hyperbolic distance in the ball of parameter c).
+  """
+  from jaxdml import evaluation  # noqa: PLC0415
+  k = min(k, len(g_lab) - (1 if same_set else 0))
+  qi = np.linspace(0, len(q_lab) - 1, min(num_queries, len(q_lab))).astype(int)
+  q = np.asarray(q_emb, np.float32)[qi]
+  g = np.asarray(g_emb, np.float32)
+  if similarity == "poincare":
+    from jaxdml.geometry import poincare  # noqa: PLC0415
+    _, nn_idx = poincare.hyperbolic_knn(q, g, k + (1 if same_set else 0), c=c)
+  else:
+    _, nn_idx = evaluation.knn(q, g, k=k + (1 if same_set else 0), similarity=similarity)
+  nn_idx = np.asarray(nn_idx)
+  if same_set:  # leave-one-out: drop the query itself from its list
+    nn_idx = np.stack([row[row != i][:k] for row, i in zip(nn_idx, qi, strict=True)])
+  queries = np.stack([q_image(int(i)) for i in qi])
+  needed = np.unique(nn_idx)
+  remap = {int(g): j for j, g in enumerate(needed)}
+  gallery = np.stack([g_image(int(i)) for i in needed])
+  neighbours = np.vectorize(remap.get)(nn_idx)
+  return retrieval_grid(queries, gallery, np.asarray(q_lab)[qi], np.asarray(g_lab)[needed],
+                        neighbours, path, num_queries=len(qi), k=k)

@@ -11,8 +11,8 @@ from jaxdml import losses as L
 from jaxdml import miners, similarity, targets
 from jaxdml.methods import das
 
-update = jax.jit(das.das_update)
-generate = jax.jit(das.das_generate, static_argnames=(
+update = jax.jit(das.update)
+generate = jax.jit(das.generate, static_argnames=(
     "num_generated", "scale_range", "shift_scale", "detach", "normalize"))
 IDENTITY = {"scale_range": (1.0, 1.0), "shift_scale": 0.0}
 
@@ -31,7 +31,7 @@ def l2n(x):
 
 
 def test_init_shapes_and_defaults():
-  s = das.das_init(7, 5)
+  s = das.init(7, 5)
   assert s.frequency.shape == (7, 5) and s.frequency.dtype == jnp.int32
   assert s.top_dims.shape == (7, 4)  # das_dfs_num_scale = 4
   assert s.bank.shape == (7, 10, 5) and s.bank.dtype == jnp.float32  # bank of 10
@@ -42,20 +42,20 @@ def test_init_shapes_and_defaults():
 
 
 def test_frequency_update_signed_top_k():
-  s = das.das_init(5, 6, num_scaled_dims=2)
+  s = das.init(5, 6, num_scaled_dims=2)
   v = jnp.array([[0.1, 0.9, -2.0, 0.5, 0.8, 0.0]])
   s = update(s, v, jnp.array([3]))
   expect = np.zeros((5, 6), np.int32)
   expect[3, [1, 4]] = 1  # signed top-2: -2 is the smallest, not a top entry
   np.testing.assert_array_equal(s.frequency, expect)
   assert set(np.asarray(s.top_dims[3]).tolist()) == {1, 4}
-  mask = np.asarray(das.das_mask(s))
+  mask = np.asarray(das.mask(s))
   np.testing.assert_array_equal(mask[3], [False, True, False, False, True, False])
   np.testing.assert_array_equal(mask.sum(1), [2] * 5)
 
 
 def test_frequency_accumulates_without_decay_and_mask_follows_counts():
-  s = das.das_init(2, 4, num_scaled_dims=1)
+  s = das.init(2, 4, num_scaled_dims=1)
   s = update(s, jnp.array([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), jnp.array([1, 1]))
   np.testing.assert_array_equal(s.frequency[1], [0, 1, 1, 0])
   assert int(s.top_dims[1, 0]) == 1  # tie between dims 1 and 2: the lower index
@@ -95,7 +95,7 @@ def check_ring(state, pushed, bank_size):
 
 
 def test_bank_stores_both_signed_differences():
-  s = das.das_init(4, 3, num_scaled_dims=1)
+  s = das.init(4, 3, num_scaled_dims=1)
   a, b = np.array([1.0, 2.0, 3.0]), np.array([0.5, -1.0, 2.0])
   s = update(s, jnp.asarray(np.stack([a, b]), jnp.float32), jnp.array([2, 2]))
   np.testing.assert_allclose(s.bank[2, 0], a - b)
@@ -105,7 +105,7 @@ def test_bank_stores_both_signed_differences():
 
 
 def test_bank_fifo_capacity_and_order():
-  s = das.das_init(3, 2, num_scaled_dims=1)
+  s = das.init(3, 2, num_scaled_dims=1)
   pushed = []
   for step in range(6):  # 12 differences into a bank of 10
     z = jnp.array([[float(step + 1), 0.0], [0.0, 0.0]])
@@ -120,7 +120,7 @@ def test_bank_fifo_capacity_and_order():
 
 def test_bank_overflow_in_one_batch_keeps_last_entries():
   rng = np.random.default_rng(0)
-  s = das.das_init(3, 4, bank_size=5)
+  s = das.init(3, 4, bank_size=5)
   z, y = batch(rng, classes=(0, 1, 0, 0, 2, 0), dim=4)  # class 0: 4 samples, 12 differences
   s = update(s, z, y)
   check_ring(s, naive_banks([(z, y)], 5), 5)
@@ -129,7 +129,7 @@ def test_bank_overflow_in_one_batch_keeps_last_entries():
 
 def test_bank_matches_reference_over_random_batches():
   rng = np.random.default_rng(1)
-  s = das.das_init(5, 3, num_scaled_dims=1, bank_size=7)
+  s = das.init(5, 3, num_scaled_dims=1, bank_size=7)
   seen = []
   for _ in range(6):
     y = jnp.asarray(rng.integers(0, 4, size=8), jnp.int32)  # class 4 never appears
@@ -141,7 +141,7 @@ def test_bank_matches_reference_over_random_batches():
 
 
 def test_zero_differences_are_not_stored():
-  s = das.das_init(3, 2, num_scaled_dims=1)
+  s = das.init(3, 2, num_scaled_dims=1)
   z = jnp.array([[1.0, 2.0], [1.0, 2.0], [3.0, 3.0]])
   s = update(s, z, jnp.array([0, 0, 1]))  # class 0: two identical rows; class 1: a single one
   np.testing.assert_array_equal(s.bank_count, [0, 0, 0])
@@ -149,7 +149,7 @@ def test_zero_differences_are_not_stored():
 
 
 def test_out_of_range_labels_are_dropped():
-  s = das.das_init(3, 2, num_scaled_dims=1)
+  s = das.init(3, 2, num_scaled_dims=1)
   z = jnp.array([[1.0, 2.0], [3.0, 1.0], [0.0, 5.0]])
   s = update(s, z, jnp.array([-1, -1, 3]))
   np.testing.assert_array_equal(s.frequency, 0)
@@ -163,7 +163,7 @@ def test_out_of_range_labels_are_dropped():
 def test_empty_bank_gives_zero_shift():
   rng = np.random.default_rng(2)
   z, y = batch(rng)
-  s = das.das_init(3, 6)
+  s = das.init(3, 6)
   out, _ = generate(s, z, y, jax.random.key(0), scale_range=(1.0, 1.0), shift_scale=5.0,
                     normalize=False)
   np.testing.assert_array_equal(out, jnp.tile(z, (3, 1)))
@@ -172,7 +172,7 @@ def test_empty_bank_gives_zero_shift():
 def test_degenerate_identity_reproduces_normalized_input():
   rng = np.random.default_rng(3)
   z, y = batch(rng)
-  s = update(das.das_init(3, 6), z, y)  # non-empty banks
+  s = update(das.init(3, 6), z, y)  # non-empty banks
   out, y_gen = generate(s, z, y, jax.random.key(1), **IDENTITY)
   assert out.shape == (18, 6) and y_gen.shape == (18,)
   np.testing.assert_allclose(out, np.tile(l2n(z), (3, 1)), rtol=1e-6, atol=1e-6)
@@ -180,7 +180,7 @@ def test_degenerate_identity_reproduces_normalized_input():
   # The loss on [real; generated] equals the loss on the batch duplicated four times.
   zn = similarity.l2_normalize(z)
   out, y_gen = generate(s, zn, y, jax.random.key(1), **IDENTITY)
-  z_all, y_all = das.das_combine(zn, y, out, y_gen)
+  z_all, y_all = das.combine(zn, y, out, y_gen)
   dup = jnp.tile(zn, (4, 1))
   np.testing.assert_allclose(z_all, dup, atol=1e-6)
   np.testing.assert_allclose(L.multi_similarity_loss(z_all, y_all),
@@ -190,11 +190,11 @@ def test_degenerate_identity_reproduces_normalized_input():
 def test_scaling_touches_only_the_class_top_dims():
   rng = np.random.default_rng(4)
   z, y = batch(rng, dim=8)
-  s = update(das.das_init(3, 8, num_scaled_dims=3), z, y)
+  s = update(das.init(3, 8, num_scaled_dims=3), z, y)
   out, _ = generate(s, z, y, jax.random.key(2), num_generated=4, scale_range=(0.5, 2.0),
                     shift_scale=0.0, normalize=False)
   ratio = np.asarray(out).reshape(4, 6, 8) / np.asarray(z)[None]
-  mask = np.asarray(das.das_mask(s))[np.asarray(y)]  # [B, d]
+  mask = np.asarray(das.mask(s))[np.asarray(y)]  # [B, d]
   np.testing.assert_allclose(ratio[:, ~mask], 1.0, rtol=1e-6)
   scaled = ratio[:, mask]
   assert scaled.min() >= 0.5 - 1e-6 and scaled.max() < 2.0 + 1e-6
@@ -204,7 +204,7 @@ def test_scaling_touches_only_the_class_top_dims():
 def test_shift_is_a_stored_difference_of_the_class():
   rng = np.random.default_rng(5)
   z, y = batch(rng, classes=(0, 0, 0, 1, 1, 2))  # class 2: one sample, empty bank
-  s = update(das.das_init(3, 6), z, y)
+  s = update(das.init(3, 6), z, y)
   out, _ = generate(s, z, y, jax.random.key(3), num_generated=5, scale_range=(1.0, 1.0),
                     shift_scale=0.1, normalize=False)
   shifts = (np.asarray(out).reshape(5, 6, 6) - np.asarray(z)[None]) / 0.1
@@ -220,7 +220,7 @@ def test_shift_is_a_stored_difference_of_the_class():
 def test_determinism_and_key_dependence():
   rng = np.random.default_rng(6)
   z, y = batch(rng)
-  s = update(das.das_init(3, 6), z, y)
+  s = update(das.init(3, 6), z, y)
   a, _ = generate(s, z, y, jax.random.key(7))
   b, _ = generate(s, z, y, jax.random.key(7))
   c, _ = generate(s, z, y, jax.random.key(8))
@@ -231,7 +231,7 @@ def test_determinism_and_key_dependence():
 
 def test_classes_absent_and_never_seen_stay_finite():
   rng = np.random.default_rng(7)
-  s = das.das_init(10, 6)
+  s = das.init(10, 6)
   z, y = batch(rng, classes=(1, 1, 7, 7, 9, 9))
   s = update(s, z, y)
   z2, y2 = batch(rng, classes=(0, 3, 3, 4, 5, 8))  # classes with empty banks and zero counts
@@ -246,9 +246,9 @@ def test_classes_absent_and_never_seen_stay_finite():
 def test_apply_is_update_generate_combine():
   rng = np.random.default_rng(8)
   z, y = batch(rng)
-  s0 = das.das_init(3, 6)
+  s0 = das.init(3, 6)
   key = jax.random.key(4)
-  z_all, y_all, s1 = jax.jit(das.das_apply, static_argnames=("num_generated", "detach"))(
+  z_all, y_all, s1 = jax.jit(das.apply, static_argnames=("num_generated", "detach"))(
       s0, z, y, key, num_generated=2, detach=True)
   s_ref = update(s0, z, y)
   g, yg = generate(s_ref, z, y, key, num_generated=2, detach=True)
@@ -267,21 +267,21 @@ def test_apply_is_update_generate_combine():
 def test_detach_gradients_only_through_real_rows(normalize):
   rng = np.random.default_rng(9)
   z, y = batch(rng)
-  s = update(das.das_init(3, 6), z, y)
+  s = update(das.init(3, 6), z, y)
   key = jax.random.key(5)
   kw = {"scale_range": (0.5, 2.0), "shift_scale": 0.1, "normalize": normalize}
 
   def full(z_, detach):
-    g, yg = das.das_generate(s, z_, y, key, detach=detach, **kw)
-    return L.multi_similarity_loss(*das.das_combine(z_, y, g, yg))
+    g, yg = das.generate(s, z_, y, key, detach=detach, **kw)
+    return L.multi_similarity_loss(*das.combine(z_, y, g, yg))
 
-  g_const, yg = das.das_generate(s, z, y, key, **kw)
+  g_const, yg = das.generate(s, z, y, key, **kw)
 
   def real_only(z_):
-    return L.multi_similarity_loss(*das.das_combine(z_, y, g_const, yg))
+    return L.multi_similarity_loss(*das.combine(z_, y, g_const, yg))
 
   def gen_sum(z_, detach):
-    return jnp.sum(das.das_generate(s, z_, y, key, detach=detach, **kw)[0] * 1.7)
+    return jnp.sum(das.generate(s, z_, y, key, detach=detach, **kw)[0] * 1.7)
 
   @jax.jit
   def grads(z_):
@@ -298,10 +298,10 @@ def test_detach_gradients_only_through_real_rows(normalize):
 def test_update_carries_no_gradient():
   rng = np.random.default_rng(10)
   z, y = batch(rng)
-  s0 = das.das_init(3, 6)
+  s0 = das.init(3, 6)
 
   def f(z_):
-    s = das.das_update(s0, z_, y)
+    s = das.update(s0, z_, y)
     return jnp.sum(s.bank ** 2)
 
   np.testing.assert_array_equal(jax.grad(f)(z), 0.0)
@@ -313,19 +313,19 @@ def test_update_carries_no_gradient():
 def test_vmap_over_keys_and_over_states():
   rng = np.random.default_rng(11)
   z, y = batch(rng)
-  s = update(das.das_init(3, 6), z, y)
+  s = update(das.init(3, 6), z, y)
   keys = jax.random.split(jax.random.key(0), 3)
-  outs, labels = jax.jit(jax.vmap(lambda k: das.das_generate(s, z, y, k)))(keys)
+  outs, labels = jax.jit(jax.vmap(lambda k: das.generate(s, z, y, k)))(keys)
   assert outs.shape == (3, 18, 6) and labels.shape == (3, 18)
-  np.testing.assert_allclose(outs[1], das.das_generate(s, z, y, keys[1])[0], rtol=1e-6)
+  np.testing.assert_allclose(outs[1], das.generate(s, z, y, keys[1])[0], rtol=1e-6)
 
   zs = jnp.stack([batch(rng)[0] for _ in range(2)])
   ys = jnp.stack([y, y[::-1]])
-  s0 = das.das_init(3, 6)
+  s0 = das.init(3, 6)
   states = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), s0)
-  batched = jax.jit(jax.vmap(das.das_update))(states, zs, ys)
+  batched = jax.jit(jax.vmap(das.update))(states, zs, ys)
   for i in range(2):
-    single = das.das_update(s0, zs[i], ys[i])
+    single = das.update(s0, zs[i], ys[i])
     leaves = zip(jax.tree_util.tree_leaves(batched), jax.tree_util.tree_leaves(single), strict=True)
     for a, b in leaves:
       np.testing.assert_allclose(a[i], b, rtol=1e-6)
@@ -336,11 +336,11 @@ def test_update_and_generate_trace_once_per_shape():
 
   def step(s, z, y, key):
     traces.append(1)
-    return das.das_apply(s, z, y, key)
+    return das.apply(s, z, y, key)
 
   jstep = jax.jit(step)
   rng = np.random.default_rng(12)
-  s = das.das_init(3, 6)
+  s = das.init(3, 6)
   for i in range(3):
     z, y = batch(rng)
     _, _, s = jstep(s, z, y, jax.random.key(i))
@@ -353,15 +353,15 @@ def test_update_and_generate_trace_once_per_shape():
 
 def test_pairs_all_match_labels_and_real_queries():
   y = jnp.array([0, 1, 0], jnp.int32)
-  t, m = das.das_pairs(y, 2)
+  t, m = das.pairs(y, 2)
   t_ref, m_ref = targets.from_labels(jnp.tile(y, 3))
   np.testing.assert_array_equal(t, t_ref)
   np.testing.assert_array_equal(m, m_ref)
   assert bool(m[0, 3]) and float(t[0, 3]) == 1.0  # a source and its copy are positives
-  t, m = das.das_pairs(y, 2, queries="real")
+  t, m = das.pairs(y, 2, queries="real")
   assert t.shape == m.shape == (3, 9)
   assert not bool(m[1, 1]) and bool(m[1, 4])
-  _, m = das.das_pairs(y, 2, exclude_source=True)
+  _, m = das.pairs(y, 2, exclude_source=True)
   src = np.arange(9) % 3
   np.testing.assert_array_equal(m, src[:, None] != src[None, :])
 
@@ -370,20 +370,20 @@ def test_losses_and_miners_accept_generated_embeddings():
   rng = np.random.default_rng(13)
   z, y = batch(rng, classes=(0, 0, 1, 1, 2, 2, 3, 3))
   z = similarity.l2_normalize(z)
-  s = update(das.das_init(4, 6), z, y)
+  s = update(das.init(4, 6), z, y)
   key = jax.random.key(9)
   proxies = L.init_proxies(jax.random.key(1), 4, 6, method="proxy_anchor")
 
   def all_losses(z_):
-    g, yg = das.das_generate(s, z_, y, key, scale_range=(0.5, 2.0), shift_scale=0.1)
-    z_all, y_all = das.das_combine(z_, y, g, yg)
+    g, yg = das.generate(s, z_, y, key, scale_range=(0.5, 2.0), shift_scale=0.1)
+    z_all, y_all = das.combine(z_, y, g, yg)
     ms = L.multi_similarity_loss(z_all, y_all)
     tri = L.triplet_margin_loss(z_all, y_all, margin=0.2, triplets="semihard")
     pa = L.proxy_anchor_loss(z_all, y_all, proxies)
-    _, mask = das.das_pairs(y, 3, queries="real")
+    _, mask = das.pairs(y, 3, queries="real")
     ms_real = L.multi_similarity_loss(z_, y, z_all, y_all, mask=mask)
     dist = similarity.euclidean(z_all)
-    t, m = das.das_pairs(y, 3)
+    t, m = das.pairs(y, 3)
     mined = miners.semihard_miner(dist, t, m)
     mined_loss = L.contrastive_from_dist(dist, t, mined)
     return jnp.stack([ms, tri, pa, ms_real, mined_loss])
@@ -398,23 +398,23 @@ def test_losses_and_miners_accept_generated_embeddings():
   # The "real" anchors loss is the first B rows of the full loss matrix, averaged.
   @jax.jit
   def real_vs_full(z_all, y_all):
-    t, m = das.das_pairs(y, 3)
+    t, m = das.pairs(y, 3)
     per_anchor = L.multi_similarity_from_sim(similarity.cosine(z_all), t, m, reduction="none")
-    _, mask = das.das_pairs(y, 3, queries="real")
+    _, mask = das.pairs(y, 3, queries="real")
     return L.multi_similarity_loss(z, y, z_all, y_all, mask=mask), jnp.mean(per_anchor[:8])
 
   g, yg = generate(s, z, y, key, shift_scale=0.1)
-  np.testing.assert_allclose(*real_vs_full(*das.das_combine(z, y, g, yg)), rtol=1e-5)
+  np.testing.assert_allclose(*real_vs_full(*das.combine(z, y, g, yg)), rtol=1e-5)
 
 
 def test_aux_loss_adds_the_real_only_term():
   rng = np.random.default_rng(14)
   z, y = batch(rng)
-  g, yg = generate(update(das.das_init(3, 6), z, y), z, y, jax.random.key(0))
+  g, yg = generate(update(das.init(3, 6), z, y), z, y, jax.random.key(0))
   loss_fn = jax.jit(lambda e, lab: L.triplet_margin_loss(e, lab, margin=0.2))
-  z_all, y_all = das.das_combine(z, y, g, yg)
-  plain, aux = jax.jit(lambda *a: (das.das_loss(loss_fn, *a),
-                                   das.das_loss(loss_fn, *a, aux_weight=1.0)))(z, y, g, yg)
+  z_all, y_all = das.combine(z, y, g, yg)
+  plain, aux = jax.jit(lambda *a: (das.loss(loss_fn, *a),
+                                   das.loss(loss_fn, *a, aux_weight=1.0)))(z, y, g, yg)
   np.testing.assert_allclose(plain, loss_fn(z_all, y_all), rtol=1e-6)
   np.testing.assert_allclose(aux, loss_fn(z, y) + loss_fn(z_all, y_all), rtol=1e-6)
 
@@ -423,31 +423,31 @@ def test_aux_loss_adds_the_real_only_term():
 
 
 def test_recipes_follow_the_scripts():
-  r = das.das_recipe("table1", "cub200")
+  r = das.recipe("table1", "cub200")
   assert r.num_scaled_dims == 8 and r.scale_range == (0.99, 1.01) and r.detach
   assert r.shift_scale == 0.01 and r.normalize and r.aux_weight is None
-  r = das.das_recipe("table1", "online_products")
+  r = das.recipe("table1", "online_products")
   assert r.num_scaled_dims == 8 and r.scale_range == (0.5, 2.0) and not r.detach
   assert r.shift_scale == 0.1
-  r = das.das_recipe("table2", "cars196", "npair")
+  r = das.recipe("table2", "cars196", "npair")
   assert r.num_scaled_dims == 4 and not r.normalize and r.detach
-  r = das.das_recipe("table2", "online_products", "triplet_semihard")
+  r = das.recipe("table2", "online_products", "triplet_semihard")
   assert r.aux_weight == 1.0 and r.detach and r.shift_scale == 0.1
-  assert das.das_recipe("table2", "online_products", "margin") == das.DASRecipe()
-  assert das.DASRecipe() == das.DASRecipe(4, 10, 3, (0.5, 2.0), 0.01, False, True, None)
-  s = das.das_init(3, 16, **r.init_kwargs())
+  assert das.recipe("table2", "online_products", "margin") == das.Settings()
+  assert das.Settings() == das.Settings(4, 10, 3, (0.5, 2.0), 0.01, False, True, None)
+  s = das.init(3, 16, **r.init_kwargs())
   rng = np.random.default_rng(15)
   z, y = batch(rng, dim=16)
-  out, _ = das.das_generate(s, z, y, jax.random.key(0), **r.generate_kwargs())
+  out, _ = das.generate(s, z, y, jax.random.key(0), **r.generate_kwargs())
   assert out.shape == (18, 16)
   with pytest.raises(ValueError, match="no DAS recipe"):
-    das.das_recipe("table3", "cub200")
+    das.recipe("table3", "cub200")
   with pytest.raises(TypeError):
     das.RECIPES[("x", "y", "z")] = r
 
 
 def test_trace_time_errors():
-  s = das.das_init(3, 6)
+  s = das.init(3, 6)
   z = jnp.zeros((4, 6))
   y = jnp.zeros((4,), jnp.int32)
   key = jax.random.key(0)
@@ -468,13 +468,13 @@ def test_trace_time_errors():
   with pytest.raises(ValueError, match="num_generated"):
     generate(s, z, y, key, num_generated=0)
   with pytest.raises(ValueError, match="num_scaled_dims"):
-    das.das_init(3, 6, num_scaled_dims=7)
+    das.init(3, 6, num_scaled_dims=7)
   with pytest.raises(ValueError, match="bank_size"):
-    das.das_init(3, 6, bank_size=0)
+    das.init(3, 6, bank_size=0)
   with pytest.raises(ValueError, match="queries"):
-    das.das_pairs(y, 3, queries="generated")
+    das.pairs(y, 3, queries="generated")
   with pytest.raises(ValueError, match="dimension"):
-    das.das_combine(z, y, jnp.zeros((4, 5)), y)
+    das.combine(z, y, jnp.zeros((4, 5)), y)
 
 
 _JITTED_UPDATE = """
@@ -488,9 +488,9 @@ y = jnp.repeat(jnp.arange(16), 4)
 def step(x, state):
   z = x @ w
   z = z * jax.lax.rsqrt(jnp.sum(z * z, axis=1, keepdims=True))
-  return das.das_update(state, z, y)
+  return das.update(state, z, y)
 
-s = step(x, das.das_init(50, 128))
+s = step(x, das.init(50, 128))
 print(int(s.bank_ptr[:16].min()), int(s.bank_ptr[:16].max()),
       float(jnp.linalg.norm(s.bank[:16], axis=-1).min()))
 """

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdml import losses
+from jaxdml import losses, objectives
 from jaxdml.geometry import poincare
 from jaxdml.methods import hier
 
@@ -37,19 +37,19 @@ def _np_dist_matrix(x, y, c=C):
 
 
 def test_init_hier_proxies():
-  p = hier.init_hier_proxies(jax.random.key(0), 64, 256)
+  p = hier.init_proxies(jax.random.key(0), 64, 256)
   assert p.shape == (64, 256) and p.dtype == jnp.float32
   norms = np.linalg.norm(p, axis=1)
   assert abs(norms.mean() - 0.9 * 2.3) < 0.05
-  assert hier.init_hier_proxies(jax.random.key(0), 3, 4, dtype=jnp.bfloat16).dtype == jnp.bfloat16
+  assert hier.init_proxies(jax.random.key(0), 3, 4, dtype=jnp.bfloat16).dtype == jnp.bfloat16
   with pytest.raises(ValueError):
-    hier.init_hier_proxies(jax.random.key(0), 0, 4)
+    hier.init_proxies(jax.random.key(0), 0, 4)
 
 
 def test_lr_multipliers():
-  assert hier.hier_lr_multipliers() == {"backbone": 1.0, "head": 1.0, "hier_proxies": 50.0,
+  assert hier.lr_multipliers() == {"backbone": 1.0, "head": 1.0, "hier_proxies": 50.0,
                                         "class_proxies": 1e4}
-  assert hier.hier_lr_multipliers(fc_lr_scale=100)["head"] == 100.0
+  assert hier.lr_multipliers(fc_lr_scale=100)["head"] == 100.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def _triplets(rows, weights):
 
 @functools.partial(jax.jit, static_argnames=("noise",))
 def _triplet_loss_and_grad(dist, trip, key, noise=False):
-  f = lambda d: hier.hier_triplet_loss(d, trip, key if noise else None, margin=0.1, tau=0.1)
+  f = lambda d: hier.triplet_loss(d, trip, key if noise else None, margin=0.1, tau=0.1)
   (loss, aux), g = jax.value_and_grad(f, has_aux=True)(dist)
   return loss, aux, g
 
@@ -190,7 +190,7 @@ def _setup(seed=0):
   keys = jax.random.split(jax.random.key(seed), 3)
   x = jax.random.normal(keys[0], (B, D)) * 1.5  # Euclidean head outputs
   y = jnp.repeat(jnp.arange(B // 2), 2).astype(jnp.int32)
-  proxies = hier.init_hier_proxies(keys[1], P, D)
+  proxies = hier.init_proxies(keys[1], P, D)
   return x, y, proxies, keys[2]
 
 
@@ -198,7 +198,7 @@ def _setup(seed=0):
 def _hier_value_and_grads(proxies, x, y, key, noise=True):
   def f(proxies, x):
     z = poincare.to_poincare(x, c=C)
-    return hier.hier_loss_and_aux(proxies, z, y, key, topk=TOPK, triplets_per_anchor=T,
+    return hier.loss_and_aux(proxies, z, y, key, topk=TOPK, triplets_per_anchor=T,
                                   lca_noise=noise)
   return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(proxies, x)
 
@@ -232,7 +232,7 @@ def _naive_relevance(s, k):
 def _mining_parts(x, proxies, y, key):
   z = poincare.to_poincare(x, c=C)
   rho = poincare.to_poincare(proxies, c=C)
-  u_data, u_proxy, _, _ = hier._hier_randomness(key, B, P, T, False)  # the loss's own draws
+  u_data, u_proxy, _, _ = hier._randomness(key, B, P, T, False)  # the loss's own draws
   d_zz, d_zp, d_pp = (poincare.dist_matrix(z, c=C), poincare.dist_matrix(z, rho, c=C),
                       poincare.dist_matrix(rho, c=C))
   s_data = jnp.exp(-d_zz) + (y[:, None] == y[None, :])
@@ -287,47 +287,70 @@ def test_hier_loss_gradients_reach_proxies_and_embeddings():
 def test_hier_loss_is_zero_without_valid_anchors():
   x, y, proxies, key = _setup()
   z = poincare.to_poincare(x, c=C)
-  f = lambda p: hier.hier_loss_and_aux(p, z, y, key, topk=1, triplets_per_anchor=3)
+  f = lambda p: hier.loss_and_aux(p, z, y, key, topk=1, triplets_per_anchor=3)
   (loss, aux), g = jax.jit(jax.value_and_grad(f, has_aux=True))(proxies)
   assert float(loss) == 0.0 and float(aux["data_triplets"]) == 0.0
   np.testing.assert_array_equal(g, 0.0)
 
 
-def test_composition_with_proxy_anchor_in_one_jitted_value_and_grad():
+def test_wrap_composes_with_proxy_anchor_in_one_jitted_value_and_grad():
   x, y, proxies, key = _setup()
-  pa = losses.init_proxies(jax.random.key(5), B // 2, D, method="proxy_anchor")
-  loss_fn = hier.with_hier(lambda p, z, y: losses.proxy_anchor_loss(z, y, p), topk=TOPK,
-                           triplets_per_anchor=T)
+  settings = hier.Settings(num_proxies=proxies.shape[0], topk=TOPK, triplets_per_anchor=T)
+  obj = hier.wrap(objectives.core("proxy_anchor", num_classes=B // 2, dim=D), settings, dim=D)
+  params = obj.init(jax.random.key(5))
+  params = {**params, "hier": proxies}
+  k_inner, k_own = jax.random.split(key)
 
   @jax.jit
-  def step(pa, proxies, x):
-    def total(pa, proxies, x):
+  def step(params, x):
+    def total(params, x):
       z = poincare.to_poincare(x, c=C)  # the head's output: both losses see the same embeddings
-      return loss_fn(pa, proxies, z, y, key)
+      loss, _, aux = obj.apply(params, {}, objectives.Batch(z, y), key)
+      return loss, aux
     z = poincare.to_poincare(x, c=C)
-    separate = (losses.proxy_anchor_loss(z, y, pa),
-                hier.hier_loss(proxies, z, y, key, topk=TOPK, triplets_per_anchor=T),
-                losses.proxy_anchor_loss(x, y, pa))
-    return jax.value_and_grad(total, argnums=(0, 1, 2), has_aux=True)(pa, proxies, x), separate
+    separate = (losses.proxy_anchor_loss(z, y, params["proxies"]),
+                hier.loss(params["hier"], z, y, k_own, topk=TOPK, triplets_per_anchor=T),
+                losses.proxy_anchor_loss(x, y, params["proxies"]))
+    return jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(params, x), separate
 
-  ((loss, aux), grads), (base, h, base_euclidean) = step(pa, proxies, x)
+  ((loss, aux), grads), (base, h, base_euclidean) = step(params, x)
   assert float(loss) == pytest.approx(float(base) + 0.5 * float(h), rel=1e-5)
   assert float(aux["base_loss"]) == pytest.approx(float(base), rel=1e-5)
+  assert float(aux["hier_loss"]) == pytest.approx(float(h), rel=1e-5)
   assert float(hier.combine_losses(base, h)) == pytest.approx(float(loss), rel=1e-5)
-  for g in grads:
+  for g in jax.tree.leaves(grads):
     assert np.all(np.isfinite(g)) and np.any(g != 0)
   # The direction seen by the cosine base loss is the Euclidean head's.
   np.testing.assert_allclose(base_euclidean, base, rtol=1e-5)
-  with pytest.raises(TypeError, match="unknown HIER"):
-    hier.with_hier(lambda p, z, y: 0.0, mrg=0.1)
+  assert dict(obj.lr_mult) == {"hier": 50.0}
+
+
+def test_settings_and_build_check_their_values():
+  with pytest.raises(ValueError, match="num_proxies"):
+    hier.Settings(num_proxies=0)
+  with pytest.raises(ValueError, match="tau"):
+    hier.Settings(tau=0.0)
+  inner = objectives.core("proxy_anchor", num_classes=4, dim=D)
+  with pytest.raises(ValueError, match="hyperbolic head"):
+    hier.build(inner, hier.Settings(), objectives.Setup(num_classes=4, dim=D))
+  with pytest.raises(ValueError, match="differs from the head"):
+    hier.build(inner, hier.Settings(c=0.5), objectives.Setup(4, D, ball=(0.1, 2.3)))
+  built = hier.build(inner, hier.Settings(), objectives.Setup(4, D, ball=(0.2, 1.0)))
+  assert built.name == "proxy_anchor+hier"
+  with pytest.raises(ValueError, match="already has parameters"):
+    hier.wrap(hier.wrap(inner, dim=D), dim=D).init(key_of(0))
+
+
+def key_of(seed):
+  return jax.random.key(seed)
 
 
 def test_input_checks():
   x, y, proxies, key = _setup()
   with pytest.raises(ValueError, match="dimension"):
-    hier.hier_loss(proxies[:, :3], x, y, key)
+    hier.loss(proxies[:, :3], x, y, key)
   with pytest.raises(ValueError):
-    hier.hier_loss(proxies, x, y[:3], key)
+    hier.loss(proxies, x, y[:3], key)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,10 +10,24 @@ import numpy as np
 import pytest
 
 from jaxdml import losses as L
-from jaxdml import similarity
+from jaxdml import objectives, similarity
 from jaxdml.methods import metrix
 
-KINDS = metrix.KINDS
+#: The paper's four losses with the hyperparameters of the official code / the losses' papers.
+HPARAMS = {"contrastive": {"pos_margin": 0.0, "neg_margin": 0.5},
+           "multi_similarity": {"alpha": 2.0, "beta": 50.0, "base": 0.5},
+           "proxy_anchor": {"margin": 0.1, "alpha": 32.0},
+           "proxy_nca": {"temperature": 1.0 / 9.0}}
+KINDS = tuple(HPARAMS)
+PROXY_KINDS = ("proxy_anchor", "proxy_nca")
+
+
+def _objective(kind, **overrides):
+  return objectives.core(kind, num_classes=4, dim=5, **{**HPARAMS[kind], **overrides})
+
+
+def _params(kind, proxies):
+  return {"proxies": proxies} if kind in PROXY_KINDS else {}
 
 
 def _proxies(num_classes=4, dim=5, seed=3):
@@ -224,7 +238,7 @@ HP = {"contrastive": {"neg_margin": 1.3}}
 
 def _clean_reference(kind, z, y, members, own, proxies):
   """The clean jaxdml loss of the anchors against the unmixed members (pos at 1, neg at 0)."""
-  hp = {**metrix.DEFAULT_HPARAMS[kind], **HP.get(kind, {})}
+  hp = {**HPARAMS[kind], **HP.get(kind, {})}
   if kind == "contrastive":
     return L.contrastive_loss(z, y, z[members], y[members], mask=own, **hp)
   if kind == "multi_similarity":
@@ -241,11 +255,11 @@ def test_lambda_endpoints_reproduce_clean_terms(batch, kind, lam):
   proxies = _proxies()
   pairs = metrix.select_pairs(y, lam, sim=similarity.cosine(z))
   assert bool(jnp.all(pairs.valid))
+  obj = _objective(kind, **HP.get(kind, {}))
 
   @jax.jit
   def f(z, proxies, pairs):
-    return metrix.mixed_loss(kind, z, y, _embed_mix(z, pairs), pairs, proxies=proxies,
-                             **HP.get(kind, {}))
+    return metrix.mixed_loss(obj, _params(kind, proxies), z, y, _embed_mix(z, pairs), pairs)
 
   got = f(z, proxies, pairs)
   members = pairs.index_a if lam == 1.0 else pairs.index_b
@@ -257,15 +271,15 @@ def test_lambda_endpoints_reproduce_clean_terms(batch, kind, lam):
 
 @pytest.mark.parametrize("kind", ["contrastive", "multi_similarity"])
 def test_lambda_endpoints_pair_terms_only(batch, kind):
-  """lam = 1 uses only positive terms, lam = 0 only negative ones (pair kinds)."""
+  """lam = 1 uses only positive terms, lam = 0 only negative ones (pair losses)."""
   z, y = jnp.asarray(batch.emb), jnp.asarray(batch.labels)
-  for lam, member in ((1.0, "index_a"), (0.0, "index_b")):
+  obj = _objective(kind)
+  for lam in (1.0, 0.0):
     pairs = metrix.select_pairs(y, lam)
-    sim, target, mask = metrix.mixed_inputs(kind, z, y, _embed_mix(z, pairs), pairs)
+    sim, target, mask = metrix.mixed_inputs(obj, {}, z, y, _embed_mix(z, pairs), pairs)
     hard = jnp.full_like(target, lam)
-    got = metrix.mixed_loss_from_sim(kind, sim, target, mask)
-    np.testing.assert_allclose(got, metrix.mixed_loss_from_sim(kind, sim, hard, mask), rtol=1e-6)
-    del member
+    got = obj.soft.loss({}, sim, target, mask)
+    np.testing.assert_allclose(got, obj.soft.loss({}, sim, hard, mask), rtol=1e-6)
 
 
 def test_contrastive_by_hand():
@@ -282,63 +296,108 @@ def test_contrastive_by_hand():
   pos = L.contrastive_from_dist(d, target, mask, neg_margin=0.5)
   np.testing.assert_allclose(pos, 0.5 * 0.5 ** 0.5, rtol=1e-6)  # 0.3536; negative term 0
   # what the Metrix loss sees: the distance of the re-normalised mixture, 0.7654
-  got = jax.jit(lambda z, p: metrix.mixed_loss("contrastive", z, y, _embed_mix(z, p), p))(
-      z, pairs)
+  obj = _objective("contrastive")
+  got = jax.jit(lambda z, p: metrix.mixed_loss(obj, {}, z, y, _embed_mix(z, p), p))(z, pairs)
   np.testing.assert_allclose(got, 0.5 * np.sqrt(2 - 2 * 0.5 ** 0.5), rtol=1e-6)
   # a near negative: the negative term (1 - lam)[0.5 - d]_+ appears
   z2 = z.at[2].set(jnp.array([0.96, 0.28]))
   p2 = pairs._replace(lam=jnp.float32(0.0))
-  got2 = metrix.mixed_loss("contrastive", z2, y, _embed_mix(z2, p2), p2)
+  got2 = metrix.mixed_loss(obj, {}, z2, y, _embed_mix(z2, p2), p2)
   np.testing.assert_allclose(got2, 0.5 - np.sqrt(2 - 2 * 0.96), rtol=1e-5)
+
+
+def test_mixed_loss_of_a_users_own_pair_loss():
+  """A loss given only by its matrix form mixes like a built-in one: `pair_loss(from_sim)` with
+  the multi-similarity matrix form gives the built-in's mixed loss."""
+  z = jax.random.normal(jax.random.key(0), (8, 5))
+  y = jnp.repeat(jnp.arange(4), 2)
+  pairs = metrix.sample_pairs(jax.random.key(1), y, pairing="pos_neg", num_negatives=None)
+  mixed = _embed_mix(z, pairs)
+  mine = objectives.pair_loss(L.multi_similarity_from_sim, name="mine")
+  np.testing.assert_allclose(metrix.mixed_loss(mine, {}, z, y, mixed, pairs),
+                             metrix.mixed_loss(_objective("multi_similarity"), {}, z, y, mixed,
+                                               pairs), rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- full objective
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_metrix_loss_and_gradients_finite(batch, kind):
+def test_wrap_is_clean_plus_weighted_mixed_loss_with_finite_gradients(batch, kind):
   z, y = jnp.asarray(batch.emb), jnp.asarray(batch.labels)
   proxies = _proxies()
-  pairs = metrix.sample_pairs(jax.random.key(5), y, pairing="pos_neg", num_negatives=None)
+  inner = _objective(kind)
+  obj = metrix.wrap(inner, metrix.Settings(location="embedding", pairing="pos_neg"))
+  key = jax.random.key(5)
 
-  def objective(z, proxies, pairs):
-    total = metrix.metrix_loss(kind, z, y, _embed_mix(z, pairs), pairs, proxies=proxies)
-    clean = metrix.clean_loss(kind, z, y, proxies=proxies)
-    mixed = metrix.mixed_loss(kind, z, y, _embed_mix(z, pairs), pairs, proxies=proxies)
-    return total, (clean, mixed)
+  def total(params, z):
+    loss, _, aux = obj.apply(params, {}, objectives.Batch(z, y), key)
+    return loss, aux
 
-  grad_fn = jax.jit(jax.value_and_grad(objective, argnums=(0, 1), has_aux=True))
-  (value, (clean, mixed)), grads = grad_fn(z, proxies, pairs)
-  np.testing.assert_allclose(value, clean + 0.4 * mixed, rtol=1e-5)
-  assert np.isfinite(float(value)) and float(mixed) > 0
-  for g in grads:
+  grad_fn = jax.jit(jax.value_and_grad(total, argnums=(0, 1), has_aux=True))
+  params = _params(kind, proxies)
+  (value, aux), grads = grad_fn(params, z)
+  clean = inner.apply(params, {}, objectives.Batch(z, y), jax.random.split(key)[0])[0]
+  np.testing.assert_allclose(aux["base_loss"], clean, rtol=1e-6)
+  np.testing.assert_allclose(value, clean + 0.4 * aux["mix_loss"], rtol=1e-5)
+  assert np.isfinite(float(value)) and float(aux["mix_loss"]) > 0
+  for g in jax.tree.leaves(grads):
     assert np.all(np.isfinite(np.asarray(g)))
-  assert float(jnp.abs(grads[0]).sum()) > 0
+  assert float(jnp.abs(grads[1]).sum()) > 0
+
   # degenerate mixtures stay finite: lam at 0 and 1, anchor-negative mixing (mixed == anchor)
+  def mixed(params, z, p):
+    return metrix.mixed_loss(inner, params, z, y, _embed_mix(z, p), p)
+
+  mixed_grad = jax.jit(jax.grad(mixed, argnums=(0, 1)))
   for pairing in ("pos_neg", "anchor_neg"):
     for lam in (0.0, 1.0):
       p = metrix.select_pairs(y, lam, pairing=pairing, anchor_neg_all=True)
       p = p._replace(lam=jnp.float32(lam))
-      _, (gz, gp) = grad_fn(z, proxies, p)
-      assert np.all(np.isfinite(np.asarray(gz))) and np.all(np.isfinite(np.asarray(gp)))
+      for g in jax.tree.leaves(mixed_grad(params, z, p)):
+        assert np.all(np.isfinite(np.asarray(g)))
 
 
-def test_metrix_loss_errors(batch):
+def test_errors(batch):
   z, y = jnp.asarray(batch.emb), jnp.asarray(batch.labels)
   pairs = metrix.select_pairs(y, 0.5)
   mixed = _embed_mix(z, pairs)
-  with pytest.raises(ValueError, match="kind"):
-    metrix.metrix_loss("triplet", z, y, mixed, pairs)
-  with pytest.raises(ValueError, match="proxies"):
-    metrix.metrix_loss("proxy_anchor", z, y, mixed, pairs)
+  obj = _objective("contrastive")
+  with pytest.raises(ValueError, match="soft targets"):
+    metrix.wrap(objectives.core("lifted_structure"))
+  with pytest.raises(ValueError, match="soft targets"):
+    metrix.mixed_loss(objectives.core("n_pairs"), {}, z, y, mixed, pairs)
   with pytest.raises(ValueError, match="rows"):
-    jax.jit(lambda z, m: metrix.metrix_loss("contrastive", z, y, m, pairs))(z, mixed[:5])
+    jax.jit(lambda z, m: metrix.mixed_loss(obj, {}, z, y, m, pairs))(z, mixed[:5])
   with pytest.raises(ValueError, match="dimension"):
-    metrix.metrix_loss("contrastive", z, y, mixed[:, :3], pairs)
-  with pytest.raises(TypeError, match="hyperparameters"):
-    metrix.metrix_loss("contrastive", z, y, mixed, pairs, margin=0.3)
+    metrix.mixed_loss(obj, {}, z, y, mixed[:, :3], pairs)
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
-    metrix.metrix_loss("contrastive", z, y, mixed, pairs._replace(lam=jnp.float32(2.0)))
+    metrix.mixed_loss(obj, {}, z, y, mixed, pairs._replace(lam=jnp.float32(2.0)))
+  with pytest.raises(ValueError, match="location"):
+    metrix.Settings(location="pixels")
+  with pytest.raises(ValueError, match="weight"):
+    metrix.Settings(weight=-0.4)
+  with pytest.raises(ValueError, match="num_positives"):
+    metrix.Settings(num_positives=0)
+  with pytest.raises(TypeError, match="metrix.Settings"):
+    metrix.wrap(obj, {"location": "feature"})
+  for location, what in (("feature", "feature maps"), ("input", "inputs")):
+    wrapped = metrix.wrap(obj, metrix.Settings(location=location))
+    with pytest.raises(ValueError, match=what):
+      wrapped.apply({}, {}, objectives.Batch(z, y), jax.random.key(0))
+
+
+def test_build_keeps_the_positive_negative_mixes_of_a_batch():
+  """Input mixup of a P x M batch: num_mixed = P M (M - 1), so no padding image is embedded."""
+  inner = _objective("contrastive")
+  setup = objectives.Setup(num_classes=4, dim=5, classes_per_batch=4, per_class=3)
+  built = metrix.build(inner, metrix.Settings(location="input"), setup)
+  y = jnp.repeat(jnp.arange(4), 3)
+  seen = []
+  fns = objectives.ModelFns(embed=lambda x: (seen.append(x.shape), x)[1])
+  x = jax.random.normal(jax.random.key(0), (12, 5))
+  built.apply({}, {}, objectives.Batch(x, y, inputs=x, model=fns), jax.random.key(1))
+  assert seen == [(4 * 3 * 2, 5)]
 
 
 # --------------------------------------------------------------------------- positivity
@@ -356,7 +415,8 @@ def test_positivity_clean_positive_and_negative_contrastive():
 
   @jax.jit
   def pos(z, pairs):
-    return metrix.mixed_positivity("contrastive", z, y, _embed_mix(z, pairs), pairs)
+    return metrix.mixed_positivity(_objective("contrastive"), {}, z, y, _embed_mix(z, pairs),
+                                   pairs)
 
   at1 = pos(z, metrix.select_pairs(y, 1.0))
   at0 = pos(z, metrix.select_pairs(y, 0.0))
@@ -364,8 +424,9 @@ def test_positivity_clean_positive_and_negative_contrastive():
   np.testing.assert_array_equal(at0, [False, False, False])
   # the gradient matrix itself: d loss / d s < 0 for the pulled pair
   pairs = metrix.select_pairs(y, 1.0)
-  sim, target, mask = metrix.mixed_inputs("contrastive", z, y, _embed_mix(z, pairs), pairs)
-  grad, positive = metrix.positivity("contrastive", sim, target, mask)
+  obj = _objective("contrastive")
+  sim, target, mask = metrix.mixed_inputs(obj, {}, z, y, _embed_mix(z, pairs), pairs)
+  grad, positive = metrix.positivity(obj, {}, sim, target, mask)
   assert float(grad[0, 0]) < 0 and bool(positive[0, 0])
   assert not bool(positive[0, 1])  # outside the mask
 
@@ -374,7 +435,8 @@ def test_positivity_clean_positive_and_negative_contrastive():
 def test_positivity_endpoints_all_kinds(batch, kind):
   z, y = jnp.asarray(batch.emb), jnp.asarray(batch.labels)
   proxies = _proxies()
-  curve = jax.jit(lambda z, lams: metrix.positivity_curve(kind, z, y, lams, proxies=proxies))(
+  obj, params = _objective(kind), _params(kind, proxies)
+  curve = jax.jit(lambda z, lams: metrix.positivity_curve(obj, params, z, y, lams))(
       z, jnp.array([0.0, 0.5, 1.0]))
   assert curve.shape == (3,)
   assert np.all((np.asarray(curve) >= 0) & (np.asarray(curve) <= 1))
@@ -386,8 +448,9 @@ def test_positivity_curve_contrastive_matches_reference(batch, npref):
   z, y = jnp.asarray(batch.emb), jnp.asarray(batch.labels)
   lams = np.linspace(0.0, 1.0, 11)
   margin = 1.3
+  obj = _objective("contrastive", neg_margin=margin)
   got = np.asarray(jax.jit(lambda z: metrix.positivity_curve(
-      "contrastive", z, y, jnp.asarray(lams, jnp.float32), neg_margin=margin))(z))
+      obj, {}, z, y, jnp.asarray(lams, jnp.float32)))(z))
   pairs = metrix.select_pairs(y, 0.0, pairing="pos_neg", num_negatives=None)
   a, ia, ib, v = (np.asarray(x) for x in (pairs.anchor, pairs.index_a, pairs.index_b,
                                           pairs.valid))
@@ -407,9 +470,10 @@ def test_positivity_curve_contrastive_matches_reference(batch, npref):
 
 def test_positivity_curve_errors(batch):
   z, y = jnp.asarray(batch.emb), jnp.asarray(batch.labels)
+  obj = _objective("contrastive")
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
-    metrix.positivity_curve("contrastive", z, y, jnp.array([0.0, 1.2]))
+    metrix.positivity_curve(obj, {}, z, y, jnp.array([0.0, 1.2]))
   with pytest.raises(ValueError, match="rank 1"):
-    metrix.positivity_curve("contrastive", z, y, jnp.array(0.5))
-  with pytest.raises(ValueError, match="proxies"):
-    metrix.positivity_curve("proxy_nca", z, y, jnp.array([0.5]))
+    metrix.positivity_curve(obj, {}, z, y, jnp.array(0.5))
+  with pytest.raises(ValueError, match="soft targets"):
+    metrix.positivity_curve(objectives.core("lifted_structure"), {}, z, y, jnp.array([0.5]))

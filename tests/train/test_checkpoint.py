@@ -5,7 +5,7 @@ import optax
 import pytest
 
 from jaxdml.train.checkpoint import Checkpointer, _own_process_state
-from jaxdml.train.step import TrainState
+from jaxdml.train.state import TrainState
 
 
 def state(value=1.0, step=0):

@@ -14,9 +14,9 @@ import numpy as np
 
 from jaxdml.train.checkpoint import Checkpointer
 
-ARGS = ["--no-progress", "--epochs", "3", "--embedding-dim", "32", "--set", "eval_baselines=false",
-        "--set", "checkpoint_every_epochs=1", "--set", "keep_checkpoints=10", "--set",
-        "tensorboard=false"]
+ARGS = ["--no-progress", "--epochs", "3", "--embedding-dim", "32", "--set", "eval.baselines=false",
+        "--set", "loop.checkpoint_every_epochs=1", "--set", "loop.keep_checkpoints=10", "--set",
+        "loop.tensorboard=false"]
 
 
 def _cli(workdir, out):

@@ -1,6 +1,8 @@
 """The seed methods inside the trainer: DAS's state, Metrix's three mixing locations through the
 train step, HIER's proxies and learning-rate group, and their composition."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,10 +10,21 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdml import losses, similarity
-from jaxdml.methods import hier as hier_lib
-from jaxdml.train import TrainConfig, builders, make_objective
-from jaxdml.train.step import init_state, make_mesh, make_train_step
+from jaxdml import losses, objectives, similarity
+from jaxdml.app import build
+from jaxdml.app.config import (
+    Config,
+    DataConfig,
+    LoopConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    apply_overrides,
+)
+from jaxdml.methods import das, hier, metrix
+from jaxdml.train.sharding import make_mesh
+from jaxdml.train.state import init_state
+from jaxdml.train.step import make_train_step
 
 
 def _batch(classes=4, per_class=3, dim=6, seed=0):
@@ -29,12 +42,13 @@ def test_das_degenerate_settings_give_the_loss_of_the_batch_repeated():
   3.5.3), so the objective is the base loss of the batch repeated 1 + R times."""
   z, y = _batch()
   z = similarity.l2_normalize(z)
-  obj = make_objective("multi_similarity", num_classes=4, dim=6,
-                       das={"scale_range": [1.0, 1.0], "shift_scale": 0.0, "num_generated": 3})
+  obj = das.wrap(objectives.core("multi_similarity"),
+                 das.Settings(scale_range=(1.0, 1.0), shift_scale=0.0, num_generated=3),
+                 num_classes=4, dim=6)
   state = obj.init_state()
   assert state["das"].bank.shape == (4, 10, 6)
-  loss, new_state, aux = obj.apply(obj.init(jax.random.PRNGKey(0)), state, z, y,
-                                   jax.random.PRNGKey(1))
+  loss, new_state, aux = obj.apply(obj.init(jax.random.PRNGKey(0)), state,
+                                   objectives.Batch(z, y), jax.random.PRNGKey(1))
   expected = losses.multi_similarity_loss(jnp.tile(z, (4, 1)), jnp.tile(y, 4))
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   np.testing.assert_allclose(aux["base_loss"], expected, rtol=1e-5)
@@ -45,10 +59,10 @@ def test_das_degenerate_settings_give_the_loss_of_the_batch_repeated():
 
 def test_das_recipe_and_auxiliary_loss():
   z, y = _batch()
-  obj = make_objective("contrastive", num_classes=4, dim=6,
-                       das={"recipe": ["table2", "online_products", "triplet_semihard"],
-                            "scale_range": [1.0, 1.0], "shift_scale": 0.0})
-  loss, _, _ = obj.apply({}, obj.init_state(), z, y, jax.random.PRNGKey(1))
+  settings = dataclasses.replace(das.recipe("table2", "online_products", "triplet_semihard"),
+                                 scale_range=(1.0, 1.0), shift_scale=0.0)
+  obj = das.wrap(objectives.core("contrastive"), settings, num_classes=4, dim=6)
+  loss, _, _ = obj.apply({}, obj.init_state(), objectives.Batch(z, y), jax.random.PRNGKey(1))
   zn = similarity.l2_normalize(z)
   # the recipe's aux_weight 1: loss(real) + loss(real + generated)
   expected = (losses.contrastive_loss(z, y)
@@ -86,10 +100,9 @@ def test_metrix_locations_agree_on_a_linear_network(loss="proxy_anchor"):
   tx = optax.sgd(0.1)
   results = {}
   for location in ("input", "feature", "embedding"):
-    obj = make_objective(loss, num_classes=4, dim=3,
-                         metrix={"location": location, "pairing": "pos_neg",
-                                 "num_positives": 1, "num_negatives": None, "weight": 0.4})
-    assert obj.mixup == location
+    obj = metrix.wrap(objectives.core(loss, num_classes=4, dim=3),
+                      metrix.Settings(location=location, pairing="pos_neg", num_positives=1,
+                                      num_negatives=None, weight=0.4))
     state = init_state(jax.random.PRNGKey(3), TwoLayer(), obj, x[:2], tx, mesh)
     step = make_train_step(TwoLayer(), obj, tx, mesh=mesh, donate=False)
     new, metrics = step(state, {"image": x, "label": y})
@@ -106,93 +119,72 @@ def test_metrix_locations_agree_on_a_linear_network(loss="proxy_anchor"):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=location)
 
 
-def test_metrix_weight_zero_is_the_clean_loss_and_bad_settings_raise():
+def test_metrix_weight_zero_is_the_clean_loss():
   z, y = _batch()
-  obj = make_objective("contrastive", num_classes=4, dim=6,
-                       loss_kwargs={"neg_margin": 0.7}, metrix={"location": "embedding",
-                                                                "weight": 0.0})
-  loss, _, aux = obj.apply({}, {}, z, y, jax.random.PRNGKey(0))
+  obj = metrix.wrap(objectives.core("contrastive", neg_margin=0.7),
+                    metrix.Settings(location="embedding", weight=0.0))
+  loss, _, aux = obj.apply({}, {}, objectives.Batch(z, y), jax.random.PRNGKey(0))
   np.testing.assert_allclose(loss, losses.contrastive_loss(z, y, neg_margin=0.7), rtol=1e-6)
   assert np.isfinite(float(aux["mix_loss"]))
-  with pytest.raises(ValueError, match="Metrix is defined"):
-    make_objective("triplet", num_classes=4, dim=6, metrix={})
-  with pytest.raises(ValueError, match="unknown Metrix settings"):
-    make_objective("contrastive", num_classes=4, dim=6, metrix={"mode": "feature"})
-  with pytest.raises(ValueError, match="location"):
-    make_objective("contrastive", num_classes=4, dim=6, metrix={"location": "pixels"})
-  obj = make_objective("contrastive", num_classes=4, dim=6, metrix={"location": "feature"})
-  with pytest.raises(ValueError, match="embed_mixed"):
-    obj.apply({}, {}, z, y, jax.random.PRNGKey(0))
 
 
 # ----------------------------------------------------------------------------------------- HIER
 
 
-def test_hier_objective_is_base_plus_half_hier_and_reaches_the_proxies():
-  z, y = _batch(dim=4)
-  z = 0.3 * similarity.l2_normalize(z)  # points inside the ball of c = 0.1 (radius 3.16)
-  obj = make_objective("proxy_anchor", num_classes=4, dim=4, hier={"num_proxies": 8})
-  params = obj.init(jax.random.PRNGKey(0))
-  assert params["hier"].shape == (8, 4) and params["proxies"].shape == (4, 4)
-  key = jax.random.PRNGKey(2)
-  (loss, (_, aux)), grads = jax.jit(jax.value_and_grad(
-      lambda p: (lambda out: (out[0], out[1:]))(obj.apply(p, {}, z, y, key)), has_aux=True))(
-          params)
-  np.testing.assert_allclose(loss, aux["base_loss"] + 0.5 * aux["hier_loss"], rtol=1e-6)
-  np.testing.assert_allclose(aux["base_loss"],
-                             losses.proxy_anchor_loss(z, y, params["proxies"]), rtol=1e-6)
-  hier_alone = jax.jit(hier_lib.hier_loss)(params["hier"], z, y, jax.random.split(key)[1])
-  np.testing.assert_allclose(aux["hier_loss"], hier_alone, rtol=1e-5)
-  assert float(jnp.abs(grads["hier"]).sum()) > 0
-
-
 def test_hier_config_gives_the_proxy_learning_rates():
-  """50x for the hierarchical proxies, `loss_lr_mult` for the class proxies, only those move."""
-  config = TrainConfig(loss="proxy_anchor", head="hyperbolic", hier={"num_proxies": 8},
-                       loss_lr_mult=1e4, optimizer="sgd", learning_rate=1e-3, weight_decay=0.0)
-  config.validate()
-  spec = builders.optimizer_spec(config, steps_per_epoch=10)
+  """50x for the hierarchical proxies, `loss_lr_mult` for the class proxies, only those move;
+  the objective asks for its group, the optimiser builder knows nothing of HIER."""
+  config = Config(model=ModelConfig(head="hyperbolic", poincare_c=0.2, clip_r=1.5),
+                  objective=ObjectiveConfig(loss="proxy_anchor",
+                                            methods={"hier": hier.Settings(num_proxies=8)}),
+                  optim=OptimConfig(loss_lr_mult=1e4, optimizer="sgd", learning_rate=1e-3,
+                                    weight_decay=0.0))
+  obj = build.build_objective(config, num_classes=4)
+  assert dict(obj.lr_mult) == {"hier": 50.0}
+  spec = build.optimizer_spec(config, steps_per_epoch=10, objective=obj)
   assert spec.lr_mult["loss/hier"] == 50.0 and spec.lr_mult["loss"] == 1e4
-  tx = builders.build_optimizer(config, steps_per_epoch=10)
+  tx = build.build_optimizer(config, steps_per_epoch=10, objective=obj)
   params = {"model": {"w": jnp.ones(2)}, "loss": {"proxies": jnp.ones(2), "hier": jnp.ones(2)}}
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["model"]["w"], -1e-3, rtol=1e-6)
   np.testing.assert_allclose(updates["loss"]["hier"], -1e-3 * 50, rtol=1e-6)
   np.testing.assert_allclose(updates["loss"]["proxies"], -1e-3 * 1e4, rtol=1e-6)
-  hier_cfg = builders.hier_config(config)
-  assert hier_cfg["c"] == config.poincare_c and hier_cfg["clip_r"] == config.clip_r
+  # HIER's ball is the head's
+  z = 0.3 * similarity.l2_normalize(_batch(dim=128)[0])
+  params = obj.init(jax.random.PRNGKey(0))
+  _, _, aux = obj.apply(params, {}, objectives.Batch(z, _batch()[1]), jax.random.PRNGKey(1))
+  k_own = jax.random.split(jax.random.PRNGKey(1))[1]
+  want = hier.loss(params["hier"], z, _batch()[1], k_own, c=0.2, clip_r=1.5)
+  np.testing.assert_allclose(aux["hier_loss"], want, rtol=1e-5)
 
 
 def test_config_validation_of_methods():
+  hyperbolic = ["model.head=hyperbolic", "objective.loss=proxy_anchor"]
   with pytest.raises(ValueError, match="hyperbolic"):
-    TrainConfig(hier={}).validate()
-  with pytest.raises(ValueError, match="unknown DAS settings"):
-    TrainConfig(das={"bank": 3}).validate()
-  with pytest.raises(ValueError, match="Metrix is defined"):
-    TrainConfig(loss="triplet", metrix={}).validate()
-  with pytest.raises(ValueError, match="config.head"):
-    TrainConfig(head="spherical").validate()
-  with pytest.raises(ValueError, match="unknown HIER settings"):
-    TrainConfig(head="hyperbolic", hier={"lambda": 1}).validate()
-  with pytest.raises(ValueError, match="poincare_c"):
-    TrainConfig(head="hyperbolic", hier={"c": 1.0}).validate()
+    apply_overrides(Config(), ["objective.methods=hier"])
+  with pytest.raises(ValueError, match="closest: scale_range"):
+    apply_overrides(Config(), ["objective.methods=das", "objective.das.scale_rang=[1,1]"])
+  with pytest.raises(ValueError, match="soft targets"):
+    apply_overrides(Config(), ["objective.loss=n_pairs", "objective.methods=metrix"])
+  with pytest.raises(ValueError, match="model.head"):
+    apply_overrides(Config(), ["model.head=spherical"])
+  with pytest.raises(ValueError, match="closest: lambda2, lambda1"):
+    apply_overrides(Config(), hyperbolic + ["objective.methods=hier", "objective.hier.lambda=1"])
+  with pytest.raises(ValueError, match="differs from the head"):
+    apply_overrides(Config(), hyperbolic + ["objective.methods=hier", "objective.hier.c=1.0"])
   with pytest.raises(ValueError, match="clip_r"):
-    TrainConfig(head="hyperbolic", clip_r=0.0).validate()
+    apply_overrides(Config(), ["model.clip_r=0"])
   with pytest.raises(ValueError, match="lr_mult"):
-    TrainConfig(head="hyperbolic", hier={"lr_mult": -50}).validate()
+    apply_overrides(Config(), hyperbolic + ["objective.methods=hier",
+                                            "objective.hier.lr_mult=-50"])
   with pytest.raises(ValueError, match="weight"):
-    TrainConfig(metrix={"weight": -0.4}).validate()
-  with pytest.raises(ValueError, match="recipe"):
-    TrainConfig(das={"recipe": "table1"}).validate()
+    apply_overrides(Config(), ["objective.methods=metrix", "objective.metrix.weight=-0.4"])
   with pytest.raises(ValueError, match="bank_size"):
-    TrainConfig(das={"bank_size": 0}).validate()
-  with pytest.raises(ValueError, match="cosine"):
-    TrainConfig(loss="proxy_nca", loss_kwargs={"normalize_proxies": False},
-                metrix={}).validate()
-  # input mixup keeps exactly the positive-negative mixes of a P x M batch: no padding images
-  cfg = TrainConfig(classes_per_batch=4, per_class=3, metrix={"location": "input"})
-  assert builders.metrix_config(cfg)["num_mixed"] == 4 * 3 * 2
+    apply_overrides(Config(), ["objective.methods=das", "objective.das.bank_size=0"])
+  with pytest.raises(ValueError, match="num_scaled_dims"):
+    apply_overrides(Config(), ["model.embedding_dim=4", "objective.methods=das",
+                               "objective.das.num_scaled_dims=8"])
 
 
 # ----------------------------------------------------------------------------------- composition
@@ -201,13 +193,18 @@ def test_config_validation_of_methods():
 def test_proxy_anchor_metrix_hier_and_das_in_one_digits_run(tmp_path):
   """Proxy-Anchor + DAS + Metrix feature mixup + HIER on the hyperbolic small CNN: one run trains,
   logs each part of the loss, and evaluates by hyperbolic distance."""
-  from jaxdml.train.logging import read_metrics
-  from jaxdml.train.run import run
-  config = TrainConfig(loss="proxy_anchor", head="hyperbolic", embedding_dim=16, epochs=2,
-                       train_images_per_class=4, test_images_per_class=4, classes_per_batch=8,
-                       per_class=2, das={"bank_size": 4}, metrix={"num_mixed": 16},
-                       hier={"num_proxies": 16}, clip_value=10.0, eval_baselines=False,
-                       tensorboard=False, log_every=1, workdir=str(tmp_path))
+  from jaxdml.app.experiment import run
+  from jaxdml.train.metric_writers import read_metrics
+  config = Config(
+      data=DataConfig(train_images_per_class=4, test_images_per_class=4, classes_per_batch=8,
+                      per_class=2),
+      model=ModelConfig(head="hyperbolic", embedding_dim=16),
+      objective=ObjectiveConfig(loss="proxy_anchor", methods={
+          "das": das.Settings(bank_size=4), "metrix": metrix.Settings(num_mixed=16),
+          "hier": hier.Settings(num_proxies=16)}),
+      optim=OptimConfig(clip_value=10.0),
+      loop=LoopConfig(epochs=2, tensorboard=False, log_every=1, workdir=str(tmp_path)))
+  config = apply_overrides(config, ["eval.baselines=false"])
   out = run(config, progress=False, verbose=False)
   m = out["metrics"]["trained"]
   assert 0 < m["map@r"] <= 1 and "map" not in m  # hyperbolic: no full-ranking mAP

@@ -24,9 +24,10 @@ WORKER = textwrap.dedent("""
     import flax.linen as nn
     import jax.numpy as jnp
     import numpy as np
-    from jaxdml.train import OptimizerSpec, make_mesh, make_objective, make_optimizer
+    from jaxdml.objectives import core
+    from jaxdml.train import OptimizerSpec, init_state, make_mesh, make_optimizer, put_batch
     from jaxdml.train.evaluate import Embedder
-    from jaxdml.train.step import init_state, make_train_step, put_batch
+    from jaxdml.train.step import make_train_step
 
     class Net(nn.Module):
       @nn.compact
@@ -36,7 +37,7 @@ WORKER = textwrap.dedent("""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 16, 10)).astype(np.float32)  # 2 steps of a global batch of 16
     y = np.tile(np.repeat(np.arange(4), 4), (2, 1)).astype(np.int32)
-    obj = make_objective("multi_similarity", num_classes=4, dim=8)
+    obj = core("multi_similarity", num_classes=4, dim=8)
     tx = make_optimizer(OptimizerSpec(learning_rate=1e-2))
     mesh = make_mesh()
     state = init_state(jax.random.PRNGKey(0), Net(), obj, jnp.asarray(x[0, :2]), tx, mesh)

@@ -8,7 +8,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from jaxdml.train import plots
-from jaxdml.train.logging import MetricsLogger, read_metrics
+from jaxdml.train.metric_writers import MetricsLogger, read_metrics
 
 
 def _rgb(path):

@@ -16,8 +16,9 @@ CHILD = textwrap.dedent("""
     import json
     import flax.linen as nn
     import jax, jax.numpy as jnp, numpy as np
-    from jaxdml.train import OptimizerSpec, make_mesh, make_objective, make_optimizer
-    from jaxdml.train.step import init_state, make_train_step, put_batch
+    from jaxdml.objectives import core
+    from jaxdml.train import OptimizerSpec, init_state, make_mesh, make_optimizer, put_batch
+    from jaxdml.train.step import make_train_step
 
     assert len(jax.devices()) == 8, jax.devices()
 
@@ -35,7 +36,7 @@ CHILD = textwrap.dedent("""
     y = np.tile(np.repeat(np.arange(8), 4), (3, 1)).astype(np.int32)
     out = {}
     for loss in ("multi_similarity", "proxy_anchor"):
-      obj = make_objective(loss, num_classes=8, dim=8)
+      obj = core(loss, num_classes=8, dim=8)
       tx = make_optimizer(OptimizerSpec(learning_rate=1e-2))
       results = {}
       for n in (1, 8):

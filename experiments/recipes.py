@@ -1,5 +1,7 @@
 """The published training recipes as config builders (the files in experiments/ call these).
 
+They are configs, not library code: each returns a `jaxdml.app.config.Config`.
+
 Each builder fills the values its paper's code shares across datasets; the per-dataset values
 (batch composition, learning rate, schedule, batch-norm freezing) are arguments, set by the
 experiment files with their sources.
@@ -7,7 +9,18 @@ experiment files with their sources.
 
 from __future__ import annotations
 
-from jaxdml.train.config import TrainConfig
+from jaxdml.app.config import (
+    Config,
+    DataConfig,
+    EvalConfig,
+    LoopConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+)
+from jaxdml.methods import das as das_method
+from jaxdml.methods import hier as hier_method
+from jaxdml.methods import metrix as metrix_method
 
 RECALL_KS = {"cub200": (1, 2, 4, 8), "cars196": (1, 2, 4, 8), "sop": (1, 10, 100, 1000),
              "inshop": (1, 10, 20, 30, 40)}
@@ -18,7 +31,7 @@ PRETRAINED_FILES = {"bn_inception": "bn_inception-52deb4733.pth",
 def proxy_anchor(name: str, dataset: str, model: str, *, classes_per_batch: int, per_class: int,
                  learning_rate: float, warm_epochs: int, frozen_bn: bool, decay_step: int,
                  decay_rate: float = 0.5, epochs: int = 60, eval_every_epochs: int = 1,
-                 checkpoint_every_epochs: int = 10) -> TrainConfig:
+                 checkpoint_every_epochs: int = 10) -> Config:
   """Proxy-Anchor (Kim et al., CVPR 2020), as its official training script runs it.
 
   Shared values: 512-d linear embedding (L2-normalised) on avg + max pooling, Proxy-Anchor with
@@ -27,20 +40,24 @@ def proxy_anchor(name: str, dataset: str, model: str, *, classes_per_batch: int,
   `decay_step` epochs by `decay_rate`, the backbone frozen for the `warm_epochs` first epochs,
   random resized crop 224 for training and resize 256 + centre crop 224 for testing.
   """
-  return TrainConfig(
-      name=name, dataset=dataset, image_size=224, resize_size=256, num_workers=8,
-      classes_per_batch=classes_per_batch, per_class=per_class, epochs=epochs, model=model,
-      pretrained=None, embedding_dim=512, pooling="avg+max", frozen_bn=frozen_bn,
-      loss="proxy_anchor", loss_kwargs={"margin": 0.1, "alpha": 32.0}, optimizer="adamw",
-      learning_rate=learning_rate, weight_decay=1e-4, backbone_lr_mult=1.0, head_lr_mult=1.0,
-      loss_lr_mult=100.0, loss_weight_decay=None, schedule="step",
-      lr_decay_epochs=tuple(range(decay_step, epochs, decay_step)), lr_decay_rate=decay_rate,
-      freeze_backbone_epochs=warm_epochs, clip_value=10.0, eval_every_epochs=eval_every_epochs,
-      checkpoint_every_epochs=checkpoint_every_epochs, recall_ks=RECALL_KS[dataset])
+  return Config(
+      name=name,
+      data=DataConfig(dataset=dataset, image_size=224, resize_size=256, num_workers=8,
+                      classes_per_batch=classes_per_batch, per_class=per_class),
+      model=ModelConfig(name=model, embedding_dim=512, pooling="avg+max", frozen_bn=frozen_bn),
+      objective=ObjectiveConfig(loss="proxy_anchor", loss_kwargs={"margin": 0.1, "alpha": 32.0}),
+      optim=OptimConfig(optimizer="adamw", learning_rate=learning_rate, weight_decay=1e-4,
+                        loss_lr_mult=100.0, loss_weight_decay=None, schedule="step",
+                        lr_decay_epochs=tuple(range(decay_step, epochs, decay_step)),
+                        lr_decay_rate=decay_rate, freeze_backbone_epochs=warm_epochs,
+                        clip_value=10.0),
+      loop=LoopConfig(epochs=epochs, eval_every_epochs=eval_every_epochs,
+                      checkpoint_every_epochs=checkpoint_every_epochs),
+      eval=EvalConfig(recall_ks=RECALL_KS[dataset]))
 
 
 def multi_similarity(name: str, dataset: str, model: str, *, eval_every_epochs: int = 3,
-                     checkpoint_every_epochs: int = 10) -> TrainConfig:
+                     checkpoint_every_epochs: int = 10) -> Config:
   """Multi-similarity loss (Wang et al., CVPR 2019), as its official CUB configs run it.
 
   Shared values: batches of 16 classes x 5 images, 512-d linear embedding (L2-normalised) on
@@ -49,16 +66,20 @@ def multi_similarity(name: str, dataset: str, model: str, *, eval_every_epochs: 
   5e-4, 3000 iterations on CUB = 41 epochs with the learning rate x 0.1 at epochs 16 and 32,
   crops of 227 from images resized to 256.
   """
-  return TrainConfig(
-      name=name, dataset=dataset, image_size=227, resize_size=256, num_workers=8,
-      classes_per_batch=16, per_class=5, epochs=41, model=model, pretrained=None,
-      embedding_dim=512, pooling="max" if model == "bn_inception" else "avg", frozen_bn=True,
-      loss="multi_similarity", loss_kwargs={"alpha": 2.0, "beta": 40.0, "base": 0.5},
-      miner="multi_similarity", miner_kwargs={"epsilon": 0.1}, optimizer="adam",
-      learning_rate=3e-5, weight_decay=5e-4, backbone_lr_mult=1.0, head_lr_mult=1.0,
-      schedule="step", lr_decay_epochs=(16, 32), lr_decay_rate=0.1, warmup_epochs=0.0,
-      freeze_backbone_epochs=0, clip_value=None, eval_every_epochs=eval_every_epochs,
-      checkpoint_every_epochs=checkpoint_every_epochs, recall_ks=RECALL_KS[dataset])
+  return Config(
+      name=name,
+      data=DataConfig(dataset=dataset, image_size=227, resize_size=256, num_workers=8,
+                      classes_per_batch=16, per_class=5),
+      model=ModelConfig(name=model, embedding_dim=512,
+                        pooling="max" if model == "bn_inception" else "avg", frozen_bn=True),
+      objective=ObjectiveConfig(loss="multi_similarity",
+                                loss_kwargs={"alpha": 2.0, "beta": 40.0, "base": 0.5},
+                                miner="multi_similarity", miner_kwargs={"epsilon": 0.1}),
+      optim=OptimConfig(optimizer="adam", learning_rate=3e-5, weight_decay=5e-4,
+                        schedule="step", lr_decay_epochs=(16, 32), lr_decay_rate=0.1),
+      loop=LoopConfig(epochs=41, eval_every_epochs=eval_every_epochs,
+                      checkpoint_every_epochs=checkpoint_every_epochs),
+      eval=EvalConfig(recall_ks=RECALL_KS[dataset]))
 
 
 #: DAS's names of the datasets (the `--dataset` values of its scripts and `das.RECIPES`' keys).
@@ -66,7 +87,7 @@ DAS_DATASETS = {"cub200": "cub200", "cars196": "cars196", "sop": "online_product
 
 
 def das(name: str, dataset: str, *, classes_per_batch: int = 56, weight_decay: float = 4e-4,
-        eval_every_epochs: int = 1, checkpoint_every_epochs: int = 10) -> TrainConfig:
+        eval_every_epochs: int = 1, checkpoint_every_epochs: int = 10) -> Config:
   """Multi-similarity + DAS (Liu et al., ECCV 2022), as the official Table 1 script runs it.
 
   Shared values (table1.sh and the argparse defaults of scripts/parameters.py): ResNet-50 with
@@ -75,7 +96,7 @@ def das(name: str, dataset: str, *, classes_per_batch: int = 56, weight_decay: f
   of the Revisiting-DML code base (pos weight 2, neg weight 40, threshold 0.5, pair mining
   margin 0.1); Adam at 1e-5 with an L2 penalty of `weight_decay` on every parameter; 300 epochs
   with the learning rate x 0.3 at epochs 200 and 250; DAS with the published Table 1 settings
-  (`das.das_recipe("table1", dataset, "multisimilarity")`: K = 8 scaled dimensions, 3 generated
+  (`das.recipe("table1", dataset, "multisimilarity")`: K = 8 scaled dimensions, 3 generated
   embeddings per real one); random resized crop 224 for training, resize 256 + centre crop 224
   for testing.
 
@@ -97,24 +118,28 @@ def das(name: str, dataset: str, *, classes_per_batch: int = 56, weight_decay: f
     - BatchNorm: the official code only keeps the statistics fixed (eval mode) and still trains
       BN's scale and bias; `frozen_bn=True` here fixes those too.
   """
-  return TrainConfig(
-      name=name, dataset=dataset, image_size=224, resize_size=256, num_workers=8,
-      classes_per_batch=classes_per_batch, per_class=2, epochs=300, model="resnet50",
-      pretrained=None, embedding_dim=512, pooling="avg+max", frozen_bn=True,
-      loss="multi_similarity", loss_kwargs={"alpha": 2.0, "beta": 40.0, "base": 0.5},
-      miner="multi_similarity", miner_kwargs={"epsilon": 0.1},
-      das={"recipe": ["table1", DAS_DATASETS[dataset], "multisimilarity"]}, optimizer="adam",
-      learning_rate=1e-5, weight_decay=weight_decay, backbone_lr_mult=1.0, head_lr_mult=1.0,
-      loss_lr_mult=1.0, loss_weight_decay=None, schedule="step", lr_decay_epochs=(200, 250),
-      lr_decay_rate=0.3, warmup_epochs=0.0, freeze_backbone_epochs=0, clip_value=None,
-      eval_every_epochs=eval_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs,
-      recall_ks=RECALL_KS[dataset])
+  return Config(
+      name=name,
+      data=DataConfig(dataset=dataset, image_size=224, resize_size=256, num_workers=8,
+                      classes_per_batch=classes_per_batch, per_class=2),
+      model=ModelConfig(name="resnet50", embedding_dim=512, pooling="avg+max", frozen_bn=True),
+      objective=ObjectiveConfig(
+          loss="multi_similarity", loss_kwargs={"alpha": 2.0, "beta": 40.0, "base": 0.5},
+          miner="multi_similarity", miner_kwargs={"epsilon": 0.1},
+          methods={"das": das_method.recipe("table1", DAS_DATASETS[dataset],
+                                            "multisimilarity")}),
+      optim=OptimConfig(optimizer="adam", learning_rate=1e-5, weight_decay=weight_decay,
+                        loss_lr_mult=1.0, loss_weight_decay=None, schedule="step",
+                        lr_decay_epochs=(200, 250), lr_decay_rate=0.3),
+      loop=LoopConfig(epochs=300, eval_every_epochs=eval_every_epochs,
+                      checkpoint_every_epochs=checkpoint_every_epochs),
+      eval=EvalConfig(recall_ks=RECALL_KS[dataset]))
 
 
 def metrix(name: str, dataset: str, *, classes_per_batch: int, per_class: int,
            learning_rate: float, decay_step: int, decay_rate: float, warm_epochs: int,
            frozen_bn: bool, epochs: int = 100, eval_every_epochs: int = 1,
-           checkpoint_every_epochs: int = 10) -> TrainConfig:
+           checkpoint_every_epochs: int = 10) -> Config:
   """Multi-similarity + Metrix (Venkataramanan et al., ICLR 2022), the README's recipe.
 
   Shared values: ResNet-50, global average + max pooling (summed), a 512-d linear embedding
@@ -147,31 +172,37 @@ def metrix(name: str, dataset: str, *, classes_per_batch: int, per_class: int,
       the mixed pairs (weighted by lambda or 1 - lambda, and by 0.4) inside the clean terms'
       log-sum-exp. Which form gave the README's numbers is not verified.
   """
-  return TrainConfig(
-      name=name, dataset=dataset, image_size=224, resize_size=256, num_workers=8,
-      classes_per_batch=classes_per_batch, per_class=per_class, epochs=epochs, model="resnet50",
-      pretrained=None, embedding_dim=512, pooling="avg+max", frozen_bn=frozen_bn,
-      loss="multi_similarity", loss_kwargs={"alpha": 2.0, "beta": 50.0, "base": 0.5},
-      miner="multi_similarity", miner_kwargs={"epsilon": 0.1},
-      metrix={"location": "feature", "alpha": 2.0, "weight": 0.4, "pairing": "random",
-              "per_example_lambda": False},
-      optimizer="adam", learning_rate=learning_rate, weight_decay=1e-4, backbone_lr_mult=1.0,
-      head_lr_mult=1.0, loss_lr_mult=1.0, loss_weight_decay=None, schedule="step",
-      lr_decay_epochs=tuple(range(decay_step, epochs, decay_step)), lr_decay_rate=decay_rate,
-      warmup_epochs=0.0, freeze_backbone_epochs=warm_epochs, clip_value=10.0,
-      eval_every_epochs=eval_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs,
-      recall_ks=RECALL_KS[dataset])
+  return Config(
+      name=name,
+      data=DataConfig(dataset=dataset, image_size=224, resize_size=256, num_workers=8,
+                      classes_per_batch=classes_per_batch, per_class=per_class),
+      model=ModelConfig(name="resnet50", embedding_dim=512, pooling="avg+max",
+                        frozen_bn=frozen_bn),
+      objective=ObjectiveConfig(
+          loss="multi_similarity", loss_kwargs={"alpha": 2.0, "beta": 50.0, "base": 0.5},
+          miner="multi_similarity", miner_kwargs={"epsilon": 0.1},
+          methods={"metrix": metrix_method.Settings(location="feature", alpha=2.0, weight=0.4,
+                                                    pairing="random",
+                                                    per_example_lambda=False)}),
+      optim=OptimConfig(optimizer="adam", learning_rate=learning_rate, weight_decay=1e-4,
+                        loss_lr_mult=1.0, loss_weight_decay=None, schedule="step",
+                        lr_decay_epochs=tuple(range(decay_step, epochs, decay_step)),
+                        lr_decay_rate=decay_rate, freeze_backbone_epochs=warm_epochs,
+                        clip_value=10.0),
+      loop=LoopConfig(epochs=epochs, eval_every_epochs=eval_every_epochs,
+                      checkpoint_every_epochs=checkpoint_every_epochs),
+      eval=EvalConfig(recall_ks=RECALL_KS[dataset]))
 
 
 #: HIER's settings shared by every official script (hier/train.py arguments).
-HIER_SETTINGS = {"num_proxies": 512, "lambda1": 1.0, "lambda2": 0.5, "lr_mult": 50.0,
-                 "margin": 0.1, "tau": 0.1, "topk": 20, "triplets_per_anchor": 50}
+HIER_SETTINGS = hier_method.Settings(num_proxies=512, lambda1=1.0, lambda2=0.5, lr_mult=50.0,
+                                     margin=0.1, tau=0.1, topk=20, triplets_per_anchor=50)
 
 
 def hier(name: str, dataset: str, model: str, *, embedding_dim: int, learning_rate: float,
          weight_decay: float, epochs: int, warm_epochs: int, head_lr_mult: float = 1.0,
          decay_step: int | None = None, decay_rate: float = 1.0, eval_every_epochs: int = 1,
-         checkpoint_every_epochs: int = 10) -> TrainConfig:
+         checkpoint_every_epochs: int = 10) -> Config:
   """Proxy-Anchor + HIER (Kim et al., CVPR 2023), as the official scripts run it.
 
   Shared values (scripts/*/hier_*.sh and hier/train.py): batches of 90 classes x 2 images (90
@@ -246,17 +277,24 @@ def hier(name: str, dataset: str, model: str, *, embedding_dim: int, learning_ra
     - Patch embedding: trained here; the official code freezes it.
   """
   schedule = "constant" if decay_step is None else "step"
-  return TrainConfig(
-      name=name, dataset=dataset, image_size=224, resize_size=256, num_workers=8,
-      normalization="imagenet" if model == "resnet50" else "half",
-      classes_per_batch=90, per_class=2, epochs=epochs, model=model, pretrained=None,
-      embedding_dim=embedding_dim, pooling="avg+max" if model == "resnet50" else "cls",
-      frozen_bn=model == "resnet50", head="hyperbolic", poincare_c=0.1, clip_r=2.3,
-      normalize_embeddings=False, loss="proxy_anchor",
-      loss_kwargs={"margin": 0.1, "alpha": 32.0}, hier=dict(HIER_SETTINGS), optimizer="adamw",
-      learning_rate=learning_rate, weight_decay=weight_decay, backbone_lr_mult=1.0,
-      head_lr_mult=head_lr_mult, loss_lr_mult=1e4, loss_weight_decay=None, schedule=schedule,
-      lr_decay_epochs=() if decay_step is None else tuple(range(decay_step, epochs, decay_step)),
-      lr_decay_rate=decay_rate, warmup_epochs=0.0, freeze_backbone_epochs=warm_epochs,
-      clip_value=10.0, eval_every_epochs=eval_every_epochs,
-      checkpoint_every_epochs=checkpoint_every_epochs, recall_ks=RECALL_KS[dataset])
+  return Config(
+      name=name,
+      data=DataConfig(dataset=dataset, image_size=224, resize_size=256, num_workers=8,
+                      normalization="imagenet" if model == "resnet50" else "half",
+                      classes_per_batch=90, per_class=2),
+      model=ModelConfig(name=model, embedding_dim=embedding_dim,
+                        pooling="avg+max" if model == "resnet50" else "cls",
+                        frozen_bn=model == "resnet50", head="hyperbolic", poincare_c=0.1,
+                        clip_r=2.3, normalize_embeddings=False),
+      objective=ObjectiveConfig(loss="proxy_anchor", loss_kwargs={"margin": 0.1, "alpha": 32.0},
+                                methods={"hier": HIER_SETTINGS}),
+      optim=OptimConfig(optimizer="adamw", learning_rate=learning_rate,
+                        weight_decay=weight_decay, head_lr_mult=head_lr_mult, loss_lr_mult=1e4,
+                        loss_weight_decay=None, schedule=schedule,
+                        lr_decay_epochs=() if decay_step is None else tuple(
+                            range(decay_step, epochs, decay_step)),
+                        lr_decay_rate=decay_rate, freeze_backbone_epochs=warm_epochs,
+                        clip_value=10.0),
+      loop=LoopConfig(epochs=epochs, eval_every_epochs=eval_every_epochs,
+                      checkpoint_every_epochs=checkpoint_every_epochs),
+      eval=EvalConfig(recall_ks=RECALL_KS[dataset]))

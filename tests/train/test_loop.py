@@ -1,23 +1,16 @@
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdml.train import (
-  NonFiniteLossError,
-  OptimizerSpec,
-  TrainConfig,
-  make_objective,
-  make_optimizer,
-  train,
-)
+from jaxdml import objectives
+from jaxdml.methods import das
+from jaxdml.objectives import Objective, names
+from jaxdml.train import NonFiniteLossError, OptimizerSpec, make_optimizer, train
+from jaxdml.train.batches import ArrayBatches, Stacked
 from jaxdml.train.checkpoint import Checkpointer
-from jaxdml.train.inputs import ArrayBatches, Stacked
-from jaxdml.train.objectives import Objective, names
-from jaxdml.train.step import init_state
+from jaxdml.train.state import init_state
 
 
 class Linear(nn.Module):
@@ -70,7 +63,7 @@ def params_of(result):
 
 @pytest.mark.parametrize("name", names())
 def test_every_objective_trains_to_finite_lower_loss(name):
-  obj = make_objective(name, num_classes=6, dim=8)
+  obj = objectives.core(name, num_classes=6, dim=8)
   r = fit(obj, epochs=6, model=Plain())
   assert np.isfinite(r.losses).all(), name
   assert r.losses[-4:].mean() <= r.losses[:4].mean() + 1e-6, name
@@ -80,19 +73,19 @@ def test_every_objective_trains_to_finite_lower_loss(name):
                                    "distance_weighted"])
 def test_miners_in_objectives(miner):
   loss = "multi_similarity" if miner == "multi_similarity" else "triplet"
-  r = fit(make_objective(loss, num_classes=6, dim=8, miner=miner), model=Plain())
+  r = fit(objectives.core(loss, num_classes=6, dim=8, miner=miner), model=Plain())
   assert np.isfinite(r.losses).all()
 
 
 def test_learnable_margin_beta_is_trained():
-  obj = make_objective("margin", num_classes=6, dim=8, loss_kwargs={"learn_beta": True})
+  obj = objectives.core("margin", num_classes=6, dim=8, learn_beta=True)
   beta = fit(obj).state.params["loss"]["beta"]
   assert beta.shape == (6,) and not np.allclose(beta, 1.2)
 
 
 def test_batch_stats_are_updated_and_used():
   x, _ = blobs()
-  obj = make_objective("multi_similarity", num_classes=6, dim=8)
+  obj = objectives.core("multi_similarity", num_classes=6, dim=8)
   init = init_state(jax.random.PRNGKey(0), Linear(), obj, jnp.asarray(x[:2]), opt())
   r = fit(obj)
   before = init.model_state["batch_stats"]["BatchNorm_0"]["mean"]
@@ -102,7 +95,7 @@ def test_batch_stats_are_updated_and_used():
 
 def test_proxies_use_their_group_learning_rate():
   x, _ = blobs()
-  obj = make_objective("proxy_anchor", num_classes=6, dim=8)
+  obj = objectives.core("proxy_anchor", num_classes=6, dim=8)
   init = init_state(jax.random.PRNGKey(0), Linear(), obj, jnp.asarray(x[:2]), opt())
   moved = lambda r: float(jnp.abs(r.state.params["loss"]["proxies"]
                                   - init.params["loss"]["proxies"]).max())
@@ -112,7 +105,7 @@ def test_proxies_use_their_group_learning_rate():
 
 
 def test_same_seed_same_result_and_stacking_does_not_change_training():
-  obj = make_objective("contrastive", num_classes=6, dim=8)
+  obj = objectives.core("contrastive", num_classes=6, dim=8)
   a = fit(obj, seed=4)
   b = fit(obj, seed=4)
   np.testing.assert_array_equal(a.losses, b.losses)
@@ -124,13 +117,13 @@ def test_same_seed_same_result_and_stacking_does_not_change_training():
 
 
 def poisoned(bad_class=5):
-  base = make_objective("multi_similarity", num_classes=6, dim=8)
+  base = objectives.core("multi_similarity", num_classes=6, dim=8)
 
-  def apply(params, state, z, labels, key, embed_mixed=None):  # NaN once a batch holds `bad_class`
-    loss, state, aux = base.apply(params, state, z, labels, key, embed_mixed)
-    return jnp.where(jnp.any(labels == bad_class), jnp.nan, loss), state, aux
+  def apply(params, state, batch, key):  # NaN once a batch holds `bad_class`
+    loss, state, aux = base.apply(params, state, batch, key)
+    return jnp.where(jnp.any(batch.labels == bad_class), jnp.nan, loss), state, aux
 
-  return Objective("poisoned", base.init, apply, False)
+  return Objective("poisoned", base.init, apply)
 
 
 def test_non_finite_loss_stops_with_last_good_state(tmp_path):
@@ -159,7 +152,8 @@ def test_non_finite_detected_between_logs():
 @pytest.mark.parametrize("stack", [False, True])
 def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path, stack):
   # loss parameters (proxies) and loss state (the DAS memory) must both come back
-  obj = make_objective("proxy_anchor", num_classes=6, dim=8, das={"bank_size": 4})
+  obj = das.wrap(objectives.core("proxy_anchor", num_classes=6, dim=8), das.Settings(bank_size=4),
+                 num_classes=6, dim=8)
   x, y = blobs()
   spe = ArrayBatches(x, y, classes_per_batch=3, per_class=4).steps_per_epoch
 
@@ -190,7 +184,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path, stac
 
 
 def test_workdir_outputs(tmp_path):
-  obj = make_objective("multi_similarity", num_classes=6, dim=8)
+  obj = objectives.core("multi_similarity", num_classes=6, dim=8)
   x, y = blobs()
   r = fit(obj, epochs=2, workdir=tmp_path, eval_fn=lambda s: {"recall@1": 0.5},
           log_every=1)
@@ -198,38 +192,10 @@ def test_workdir_outputs(tmp_path):
   assert r.evals and r.evals[-1][0] == int(r.state.step)
 
 
-def test_objective_errors():
-  with pytest.raises(ValueError, match="unknown loss"):
-    make_objective("nope", num_classes=3, dim=4)
-  with pytest.raises(ValueError, match="unknown miner"):
-    make_objective("triplet", num_classes=3, dim=4, miner="nope")
-  with pytest.raises(ValueError, match="does not apply"):
-    make_objective("arcface", num_classes=3, dim=4, miner="batch_hard")
-
-
 def test_train_argument_errors():
-  obj = make_objective("contrastive", num_classes=6, dim=8)
+  obj = objectives.core("contrastive", num_classes=6, dim=8)
   with pytest.raises(ValueError, match="multiple"):
     fit(obj, epochs=1, stack=False, k=2, checkpoint_every=3)
-
-
-def test_config_override_and_validation():
-  c = TrainConfig().override(["epochs=3", "loss=contrastive", 'loss_kwargs={"neg_margin": 0.5}',
-                              "recall_ks=[1, 5]", "lr_decay_epochs=[10, 20]"])
-  assert (c.epochs, c.loss, c.loss_kwargs, c.recall_ks) == (3, "contrastive",
-                                                           {"neg_margin": 0.5}, (1, 5))
-  assert c.lr_decay_epochs == (10, 20)
-  with pytest.raises(ValueError, match="unknown config field"):
-    TrainConfig().override(["epoch=3"])
-  with pytest.raises(ValueError, match="key=value"):
-    TrainConfig().override(["epochs"])
-  for field, value, match in [("per_class", 1, "per_class"), ("learning_rate", 0.0,
-                              "learning_rate"), ("dataset", "mnist", "dataset"),
-                              ("model", "vgg", "model"), ("loss", "nope", "unknown loss"),
-                              ("compute_dtype", "float16", "compute_dtype"),
-                              ("checkpoint_every_epochs", 0, "checkpoint_every_epochs")]:
-    with pytest.raises(ValueError, match=match):
-      dataclasses.replace(TrainConfig(), **{field: value}).validate()
 
 
 def test_resume_restores_the_grain_pipeline_position(tmp_path):
@@ -238,7 +204,7 @@ def test_resume_restores_the_grain_pipeline_position(tmp_path):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (24, 10, 10, 3)).astype(np.uint8)
   labels = np.repeat(np.arange(6), 4)
-  obj = make_objective("multi_similarity", num_classes=6, dim=8)
+  obj = objectives.core("multi_similarity", num_classes=6, dim=8)
 
   def run(steps, workdir):
     loader = make_train_loader(ArraySource(images, labels), classes_per_batch=3, per_class=2,

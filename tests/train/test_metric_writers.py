@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdml.train import logging as logging_lib
-from jaxdml.train.logging import METRICS_FILE, MetricsLogger, read_metrics
+from jaxdml.train import metric_writers as logging_lib
+from jaxdml.train.metric_writers import METRICS_FILE, MetricsLogger, read_metrics
 
 
 def test_round_trip_with_values_of_every_kind(tmp_path):

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from jaxdml import cli
-from jaxdml.train import TrainConfig, run
-from jaxdml.train.run_images import eval_plan
+from jaxdml.app.config import Config, DataConfig, apply_overrides
+from jaxdml.app.experiment import run
+from jaxdml.app.image_datasets import eval_plan
 
 
 def _folder(root, split, classes, per_class, seed):
@@ -33,13 +34,16 @@ def folder(tmp_path_factory):
 
 
 def test_image_folder_run_with_resnet(folder, tmp_path):
-  config = TrainConfig(name="tiny", dataset="image_folder", data_dir=str(folder),
-                       model="resnet18", image_size=32, resize_size=36, embedding_dim=16,
-                       pooling="avg+max", frozen_bn=True, classes_per_batch=3, per_class=2,
-                       epochs=2, learning_rate=1e-3, loss="proxy_anchor", eval_batch_size=8,
-                       workdir=str(tmp_path / "run"), recall_ks=(1, 2))
+  config = apply_overrides(Config(name="tiny"), [
+      "data.dataset=image_folder", f"data.data_dir={folder}", "model.name=resnet18",
+      "data.image_size=32", "data.resize_size=36", "model.embedding_dim=16",
+      "model.pooling=avg+max", "model.frozen_bn=true", "data.classes_per_batch=3",
+      "data.per_class=2", "loop.epochs=2", "optim.learning_rate=1e-3",
+      "objective.loss=proxy_anchor", "eval.batch_size=8", f"loop.workdir={tmp_path / 'run'}",
+      "eval.recall_ks=1,2"])
   result = run(config, progress=False, verbose=False)
-  m = result["metrics"]
+  m = result["metrics"]["trained"]
+  assert m == result["final"]
   assert 0.0 <= m["recall@1"] <= 1.0 and np.isfinite(m["map@r"])
   assert np.isfinite(result["losses"]).all() and len(result["losses"]) == 2 * 4
   for name in ("retrieval.png", "curves.png", "metrics.jsonl", "config.json"):
@@ -47,7 +51,7 @@ def test_image_folder_run_with_resnet(folder, tmp_path):
   # `jaxdml eval` on the run directory gives the same figures
   out = tmp_path / "eval.json"
   assert cli.main(["eval", "--workdir", str(tmp_path / "run"), "--output", str(out)]) == 0
-  again = json.loads(out.read_text())["metrics"]
+  again = json.loads(out.read_text())["metrics"]["trained"]
   assert abs(again["map@r"] - m["map@r"]) < 1e-6
 
 
@@ -60,4 +64,4 @@ def test_eval_plans():
 
 def test_image_dataset_needs_an_image_backbone(folder):
   with pytest.raises(ValueError, match="backbone"):
-    run(TrainConfig(dataset="image_folder", data_dir=str(folder)), progress=False)
+    Config(data=DataConfig(dataset="image_folder", data_dir=str(folder)))

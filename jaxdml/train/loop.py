@@ -1,7 +1,7 @@
 """The training loop: sharded steps, periodic evaluation, logging, checkpoints and resumption.
 
 `train` drives any model/objective/optimiser over any batch stream with a checkpointable position
-(`jaxdml.train.inputs`, or a grain iterator). With a `workdir` it
+(`jaxdml.train.batches`, or a grain iterator). With a `workdir` it
 
   - resumes from the newest checkpoint there (train state and input position), so a killed run
     continues with nothing lost: N steps, a kill, and a resume to 2N steps give the same
@@ -29,7 +29,9 @@ from flax import linen as nn
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jaxdml.train.step import TrainState, init_state, make_mesh, make_train_step, put_batch
+from jaxdml.train.sharding import make_mesh, put_batch
+from jaxdml.train.state import TrainState, init_state
+from jaxdml.train.step import make_train_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -88,7 +90,7 @@ def train(*, model: nn.Module, objective, tx: optax.GradientTransformation, batc
 
   Args:
     model: Flax module, `apply(variables, images, train=...)` -> embeddings.
-    objective: `jaxdml.train.objectives.Objective`.
+    objective: `jaxdml.objectives.Objective`.
     tx: optimiser over `{"model": ..., "loss": ...}` (see `jaxdml.train.optim`).
     batches: iterator of host batches `{"image": [B, ...], "label": [B]}` (this process's part
       of the global batch), or stacked `[k, B, ...]` when it has `steps_per_item = k > 1`; with
@@ -130,7 +132,7 @@ def train(*, model: nn.Module, objective, tx: optax.GradientTransformation, batc
   resumed_from = None
   if workdir is not None:
     from jaxdml.train.checkpoint import Checkpointer  # noqa: PLC0415 - orbax loads slowly
-    from jaxdml.train.logging import MetricsLogger  # noqa: PLC0415
+    from jaxdml.train.metric_writers import MetricsLogger  # noqa: PLC0415
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints)
     if ckpt.latest_step() is not None:
@@ -220,7 +222,7 @@ def train(*, model: nn.Module, objective, tx: optax.GradientTransformation, batc
 
 
 def _draw_curves(workdir) -> None:
-  from jaxdml.train.logging import read_metrics  # noqa: PLC0415
+  from jaxdml.train.metric_writers import read_metrics  # noqa: PLC0415
   from jaxdml.train.plots import plot_curves  # noqa: PLC0415
   path = os.path.join(workdir, "metrics.jsonl")
   if os.path.exists(path):

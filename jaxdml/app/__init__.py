@@ -1,0 +1,7 @@
+"""The application: the one place that reads a config and builds objects from it.
+
+  - `config`: the typed, nested schema, dotted overrides and config files;
+  - `build`: the model, objective, optimiser and mesh of a config;
+  - `digit_pairs`, `image_datasets`: the tasks (data, evaluation protocol, report images);
+  - `experiment`: the run that trains, evaluates and reports (`jaxdml train` / `jaxdml eval`).
+"""

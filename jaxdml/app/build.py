@@ -1,0 +1,103 @@
+"""From a `Config` to the objects of a run: model, objective, optimiser, mesh."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+from jaxdml import objectives
+from jaxdml.app.config import Config, build_objective
+from jaxdml.train.optim import FROZEN_BN_PATTERNS, OptimizerSpec, make_optimizer
+from jaxdml.train.sharding import make_mesh
+
+__all__ = ["build_objective", "build_model", "build_optimizer", "build_mesh", "optimizer_spec",
+           "eval_similarity", "default_normalization", "epochs_to_steps"]
+
+
+def eval_similarity(config: Config) -> dict:
+  """Keyword arguments of the retrieval metrics: hyperbolic distance for a hyperbolic head."""
+  if config.model.head == "hyperbolic":
+    return {"similarity": "poincare", "c": config.model.poincare_c}
+  return {}
+
+
+def optimizer_spec(config: Config, steps_per_epoch: int,
+                   objective: objectives.Objective | None = None) -> OptimizerSpec:
+  """The optimiser of `config`, with its epoch-based schedule converted to steps.
+
+  The objective's own groups (`objective.lr_mult`, e.g. HIER's proxies at 50x) become groups
+  "loss/<key>"; without `objective` it is built from the config.
+  """
+  opt = config.optim
+  if objective is None:
+    objective = build_objective(config, num_classes=2)
+  total = config.loop.epochs * steps_per_epoch
+  lr_mult = {"backbone": opt.backbone_lr_mult, "head": opt.head_lr_mult,
+             "loss": opt.loss_lr_mult,
+             **{f"loss/{key}": float(v) for key, v in objective.lr_mult.items()}}
+  return OptimizerSpec(
+      optimizer=opt.optimizer, learning_rate=opt.learning_rate,
+      weight_decay=opt.weight_decay, lr_mult=lr_mult,
+      loss_weight_decay=opt.loss_weight_decay, schedule=opt.schedule,
+      warmup_steps=int(round(opt.warmup_epochs * steps_per_epoch)), total_steps=total,
+      decay_steps=tuple(int(e) * steps_per_epoch for e in opt.lr_decay_epochs),
+      decay_rate=opt.lr_decay_rate,
+      freeze_backbone_steps=opt.freeze_backbone_epochs * steps_per_epoch,
+      clip_norm=opt.clip_norm, clip_value=opt.clip_value,
+      frozen_patterns=FROZEN_BN_PATTERNS if config.model.frozen_bn else ())
+
+
+def build_optimizer(config: Config, steps_per_epoch: int,
+                    objective: objectives.Objective | None = None):
+  return make_optimizer(optimizer_spec(config, steps_per_epoch, objective))
+
+
+def build_mesh(config: Config):
+  return make_mesh(config.loop.num_devices)
+
+
+def default_normalization(config: Config) -> str:
+  if config.data.normalization is not None:
+    return config.data.normalization
+  return "bn_inception" if config.model.name == "bn_inception" else "imagenet"
+
+
+def build_model(config: Config):
+  """The Flax model of `config` (backbone + pooling + embedding head), and its weights loader.
+
+  Returns:
+    (model, load_pretrained) where `load_pretrained(variables) -> variables` puts the weights of
+    `config.model.pretrained` into the backbone part of freshly initialised variables (identity
+    when no file is given).
+  """
+  m = config.model
+  dtype = jnp.bfloat16 if m.compute_dtype == "bfloat16" else jnp.float32
+  if m.name == "small_cnn":
+    from jaxdml.models import SmallCNN  # noqa: PLC0415
+    return SmallCNN(embedding_dim=m.embedding_dim, normalize=m.normalize_embeddings,
+                    conv_impl=m.conv_impl, hyperbolic=m.head == "hyperbolic",
+                    poincare_c=m.poincare_c, clip_r=m.clip_r), (lambda v: v)
+  from jaxdml import models  # noqa: PLC0415
+  backbone, load = models.backbone_from_name(m.name, frozen_bn=m.frozen_bn, dtype=dtype)
+  pooling = m.pooling or ("cls" if "patch16" in m.name else "avg")
+  head = {"normalize": m.normalize_embeddings}
+  if m.head == "hyperbolic":  # HIER / Hyp-ViT: LayerNorm -> orthogonal linear -> ball
+    head = {"pre_layer_norm": True, "head_init": "orthogonal", "normalize": False,
+            "poincare_c": m.poincare_c, "clip_r": m.clip_r}
+  model = models.EmbeddingModel(backbone=backbone, pooling=pooling,
+                                embedding_dim=m.embedding_dim, layer_norm=m.layer_norm, **head)
+
+  def load_pretrained(variables):
+    if not m.pretrained:
+      return variables
+    return models.with_backbone_weights(variables, load(m.pretrained))
+
+  return model, load_pretrained
+
+
+def epochs_to_steps(epochs: int | None, steps_per_epoch: int, k: int) -> int | None:
+  """Steps for an every-N-epochs setting, rounded up to a multiple of the steps per call."""
+  if epochs is None:
+    return None
+  return int(math.ceil(epochs * steps_per_epoch / k)) * k

@@ -1,0 +1,669 @@
+"""The application's config: a typed, nested schema, dotted overrides, and config files.
+
+A `Config` has sections `data`, `model`, `objective` (the core loss and its methods), `optim`,
+`loop` and `eval`. Each section is a frozen dataclass whose field types are checked and whose
+values are validated when it is built (pydantic dataclasses), and the whole is checked once
+more for what involves several sections (the methods against the model's head and the batch
+composition, pair losses against the images per class). The defaults are the digit-pairs
+benchmark's reference recipe (shared with its PyTorch reference): the small CNN, L2-normalised
+128-d output, multi-similarity loss, AdamW lr 1e-3 and weight decay 1e-4 (proxies and learnable
+margins at 100x without decay), 20 epochs of 31 batches of 16 classes x 4 images.
+
+The methods of the objective are `objective.methods`, an ordered mapping from a method's name
+(`jaxdml.methods.BY_NAME`) to its own `Settings`, innermost first: `{"das": das.Settings(),
+"metrix": metrix.Settings()}` is Metrix around DAS around the core loss.
+
+Overrides address a field by its dotted path and parse the text against the field's type:
+
+    config = apply_overrides(config, ["objective.hier.num_proxies=64", "optim.learning_rate=3e-4",
+                                      "objective.methods=das,hier", "eval.recall_ks=[1,10]"])
+
+A misspelled field or a wrong value raises `ConfigError` with one line naming the field, the
+value, the expected type and the closest valid names. The pre-sections flat names (`epochs`,
+`learning_rate`, `loss`, ...) are accepted for one release as aliases of their new paths.
+
+Values are parsed by pydantic against the field's annotation (JSON syntax, or the plain text for
+strings); pydantic also rebuilds a config from the JSON a run saves (`from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import pathlib
+import sys
+import typing
+from typing import Any, Literal
+
+import pydantic
+import pydantic.dataclasses
+
+from jaxdml import methods, objectives
+
+DATASETS = ("digit_pairs", "cub200", "cars196", "sop", "inshop", "image_folder", "dyml_vehicle",
+            "dyml_animal", "dyml_product")
+MODELS = ("small_cnn", "resnet18", "resnet34", "resnet50", "resnet101", "bn_inception",
+          "vit_small_patch16", "deit_small_patch16")
+
+_SECTION = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+class ConfigError(ValueError):
+  """A config field is misspelled, has a value of the wrong type, or an invalid value."""
+
+
+def _at_least(obj, names, low=1, allow_none=False):
+  for name in names:
+    value = getattr(obj, name)
+    if value is None and allow_none:
+      continue
+    if value is None or value < low:
+      raise ValueError(f"{name} must be >= {low}{' or None' if allow_none else ''}, got "
+                       f"{value!r}.")
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_SECTION)
+class DataConfig:
+  """The data set and its batches.
+
+  Attributes:
+    dataset: "digit_pairs" (built in), a TFDS set ("cub200", "cars196", "sop", "inshop",
+      "dyml_vehicle", "dyml_animal", "dyml_product") or "image_folder".
+    data_dir: TFDS data dir, or the root of an image folder (train/, test/).
+    manual_dir: manually downloaded archives (In-shop, DyML).
+    image_size, resize_size: training / evaluation crop, and the evaluation resize.
+    normalization: "imagenet", "bn_inception" or "half"; None: the model's convention.
+    num_workers: grain worker processes.
+    classes_per_batch, per_class: P classes x M images per batch.
+    data_seed, digits_per_image, train_images_per_class, test_images_per_class: the digit-pairs
+      benchmark (shared/design/digits_benchmark.md).
+  """
+
+  dataset: Literal[DATASETS] = "digit_pairs"
+  data_dir: str | None = None
+  manual_dir: str | None = None
+  image_size: int = 224
+  resize_size: int = 256
+  normalization: Literal["imagenet", "bn_inception", "half"] | None = None
+  num_workers: int = 0
+  classes_per_batch: int = 16
+  per_class: int = 4
+  data_seed: int = 0
+  digits_per_image: int = 2
+  train_images_per_class: int = 40
+  test_images_per_class: int = 20
+
+  def __post_init__(self):
+    _at_least(self, ("image_size", "resize_size", "classes_per_batch", "per_class",
+                     "digits_per_image", "train_images_per_class", "test_images_per_class"))
+    _at_least(self, ("num_workers",), low=0)
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_SECTION)
+class ModelConfig:
+  """The network: backbone, pooling and embedding head.
+
+  Attributes:
+    name: "small_cnn" (digit pairs) or an image backbone.
+    pretrained: backbone weight file (.pth / .safetensors / .npz).
+    embedding_dim: output size.
+    pooling: avg, max, avg+max, gem (CNNs); cls, tokens_avg (ViT); None: avg / cls.
+    frozen_bn, layer_norm, normalize_embeddings: batch norm frozen, a layer norm after the
+      embedding layer, L2-normalised output (Euclidean head).
+    compute_dtype: "float32" or "bfloat16".
+    conv_impl: the small CNN's convolutions, "im2col" (fast on CPU) or "xla".
+    head: "linear" (L2-normalised) or "hyperbolic" (Poincare ball: HIER, Hyp-ViT).
+    poincare_c, clip_r: the hyperbolic head's ball and feature clipping.
+  """
+
+  name: Literal[MODELS] = "small_cnn"
+  pretrained: str | None = None
+  embedding_dim: int = 128
+  pooling: Literal["avg", "max", "avg+max", "gem", "cls", "tokens_avg"] | None = None
+  frozen_bn: bool = False
+  layer_norm: bool = False
+  normalize_embeddings: bool = True
+  compute_dtype: Literal["float32", "bfloat16"] = "float32"
+  conv_impl: Literal["im2col", "xla"] = "im2col"
+  head: Literal["linear", "hyperbolic"] = "linear"
+  poincare_c: float = 0.1
+  clip_r: float = 2.3
+
+  def __post_init__(self):
+    _at_least(self, ("embedding_dim",))
+    for name in ("poincare_c", "clip_r"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
+    if self.name == "small_cnn" and self.pretrained:
+      raise ValueError("the small CNN has no pretrained weights; unset model.pretrained.")
+    if self.name == "small_cnn" and self.pooling is not None:
+      raise ValueError("the small CNN embeds its flattened feature map (no pooling); unset "
+                       "model.pooling.")
+
+  @property
+  def ball(self) -> tuple[float, float] | None:
+    """(c, clip_r) of a hyperbolic head, None for a Euclidean one."""
+    return (self.poincare_c, self.clip_r) if self.head == "hyperbolic" else None
+
+
+def _method_entry(name: str):
+  if name not in methods.BY_NAME:
+    close = difflib.get_close_matches(name, list(methods.BY_NAME), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown method {name!r}{hint} Methods: {sorted(methods.BY_NAME)}.")
+  return methods.BY_NAME[name]
+
+
+def method_settings(name: str, value: Any) -> Any:
+  """The `Settings` of method `name` from an instance, a dict of its fields, or None (defaults).
+
+  >>> method_settings("hier", {"num_proxies": 64}).num_proxies
+  64
+  """
+  entry = _method_entry(name)
+  if isinstance(value, entry.Settings):
+    return value
+  if value is None:
+    return entry.Settings()
+  if not isinstance(value, dict):
+    raise ValueError(f"objective.methods[{name!r}] must be a {name}.Settings or a dict of its "
+                     f"fields, got {type(value).__name__}.")
+  fields = [f.name for f in dataclasses.fields(entry.Settings)]
+  for key in value:
+    if key not in fields:
+      raise ValueError(_unknown(f"objective.{name}", key, fields))
+  return pydantic.TypeAdapter(entry.Settings).validate_python(value)
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_SECTION)
+class ObjectiveConfig:
+  """The objective: a core loss (`jaxdml.objectives.core`), a miner, and the methods around it.
+
+  Attributes:
+    loss: a core loss name or alias (`jaxdml.objectives.names()`); stored canonical.
+    loss_kwargs: the loss's keyword arguments (checked against its signature).
+    miner, miner_kwargs: a pair miner and its keyword arguments.
+    methods: method name -> its `Settings` (or a dict of its fields), innermost first.
+  """
+
+  loss: str = "multi_similarity"
+  loss_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  miner: str | None = None
+  miner_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  methods: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    name = objectives.check_loss(self.loss, self.loss_kwargs, self.miner, self.miner_kwargs)
+    object.__setattr__(self, "loss", name)
+    object.__setattr__(self, "methods", {k: method_settings(k, v)
+                                         for k, v in self.methods.items()})
+
+  @property
+  def name(self) -> str:
+    return "+".join([self.loss, *self.methods])
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_SECTION)
+class OptimConfig:
+  """The optimiser (`jaxdml.train.optim`); epochs are converted to steps by the run.
+
+  Attributes:
+    optimizer: "adamw", "adam" (L2 penalty), "sgd" (momentum 0.9) or "rmsprop".
+    learning_rate, weight_decay: base values.
+    backbone_lr_mult, head_lr_mult, loss_lr_mult: group multipliers (the objective adds its own
+      groups, e.g. HIER's "loss/hier").
+    loss_weight_decay: the loss group's decay; None: `weight_decay`.
+    schedule: "constant", "cosine" or "step"; warmup_epochs: linear warm-up;
+    lr_decay_epochs, lr_decay_rate: the step schedule.
+    freeze_backbone_epochs: the backbone is frozen for these first epochs.
+    clip_norm, clip_value: gradient clipping (None: off).
+  """
+
+  optimizer: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
+  learning_rate: float = 1e-3
+  weight_decay: float = 1e-4
+  backbone_lr_mult: float = 1.0
+  head_lr_mult: float = 1.0
+  loss_lr_mult: float = 100.0
+  loss_weight_decay: float | None = 0.0
+  schedule: Literal["constant", "cosine", "step"] = "constant"
+  warmup_epochs: float = 0.0
+  lr_decay_epochs: tuple[int, ...] = ()
+  lr_decay_rate: float = 0.5
+  freeze_backbone_epochs: int = 0
+  clip_norm: float | None = None
+  clip_value: float | None = None
+
+  def __post_init__(self):
+    if not self.learning_rate > 0:
+      raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+    for name in ("weight_decay", "warmup_epochs", "freeze_backbone_epochs"):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+    for name in ("clip_norm", "clip_value"):
+      value = getattr(self, name)
+      if value is not None and not value > 0:
+        raise ValueError(f"{name} must be > 0 or None, got {value}.")
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_SECTION)
+class LoopConfig:
+  """The training loop.
+
+  Attributes:
+    epochs: passes over the training set.
+    num_devices: data-parallel devices (None: all).
+    steps_per_call: steps per jitted call (None: a whole epoch for in-memory data, else 1).
+    workdir: checkpoints, logs and plots (resumed when it holds a checkpoint).
+    checkpoint_every_epochs, keep_checkpoints: periodic checkpoints (None: only at the end).
+    eval_every_epochs: periodic evaluation (None: only at the end).
+    log_every: steps between loss logs.
+    tensorboard: also write TensorBoard event files (metrics.jsonl always).
+  """
+
+  epochs: int = 20
+  num_devices: int | None = None
+  steps_per_call: int | None = None
+  workdir: str | None = None
+  checkpoint_every_epochs: int | None = None
+  keep_checkpoints: int = 3
+  eval_every_epochs: int | None = None
+  log_every: int = 50
+  tensorboard: bool = True
+
+  def __post_init__(self):
+    _at_least(self, ("epochs", "keep_checkpoints", "log_every"))
+    _at_least(self, ("num_devices", "steps_per_call", "checkpoint_every_epochs",
+                     "eval_every_epochs"), allow_none=True)
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_SECTION)
+class EvalConfig:
+  """Evaluation.
+
+  Attributes:
+    recall_ks: the k of Recall@k.
+    batch_size: embedding batch size.
+    baselines: digit pairs: also score raw pixels and the untrained network.
+  """
+
+  recall_ks: tuple[int, ...] = (1, 2, 4, 8)
+  batch_size: int = 128
+  baselines: bool = True
+
+  def __post_init__(self):
+    _at_least(self, ("batch_size",))
+    if not self.recall_ks or min(self.recall_ks) < 1:
+      raise ValueError(f"recall_ks must be positive ints, got {self.recall_ks}.")
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_SECTION)
+class Config:
+  """A metric-learning run (see the module docstring)."""
+
+  name: str = "digits"
+  seed: int = 0
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
+  optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+  loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
+  eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+  def __post_init__(self):
+    if self.data.per_class < 2 and self.objective.loss not in objectives.PROXY_LOSSES:
+      raise ValueError("pair losses need data.per_class >= 2 (a batch without positives learns "
+                       "nothing).")
+    if (self.data.dataset == "digit_pairs") != (self.model.name == "small_cnn"):
+      raise ValueError("the digit-pairs benchmark is defined with model.name='small_cnn', and "
+                       "image data sets need an image backbone (e.g. 'resnet50').")
+    build_objective(self, num_classes=2)  # the methods against the loss, head and batches
+
+  def setup(self, num_classes: int) -> objectives.Setup:
+    """What the objective's methods may read of this run (`jaxdml.objectives.Setup`)."""
+    return objectives.Setup(num_classes=num_classes, dim=self.model.embedding_dim,
+                            classes_per_batch=self.data.classes_per_batch,
+                            per_class=self.data.per_class, ball=self.model.ball)
+
+
+def build_objective(config: Config, num_classes: int) -> objectives.Objective:
+  """The objective of `config`: the core loss, then each method around it, in order."""
+  obj_cfg = config.objective
+  obj = objectives.core(obj_cfg.loss, num_classes=num_classes, dim=config.model.embedding_dim,
+                        miner=obj_cfg.miner, miner_kwargs=obj_cfg.miner_kwargs,
+                        **obj_cfg.loss_kwargs)
+  setup = config.setup(num_classes)
+  for name, settings in obj_cfg.methods.items():
+    obj = methods.BY_NAME[name].build(obj, settings, setup)
+  return obj
+
+
+# ------------------------------------------------------------------------------------------------
+# Dotted overrides
+# ------------------------------------------------------------------------------------------------
+
+#: The flat field names of the config before it had sections -> their dotted paths (aliases for
+#: one release).
+FLAT_ALIASES = {
+    **{k: f"data.{k}" for k in ("dataset", "data_dir", "manual_dir", "image_size", "resize_size",
+                                "normalization", "num_workers", "classes_per_batch", "per_class",
+                                "data_seed", "digits_per_image", "train_images_per_class",
+                                "test_images_per_class")},
+    "model": "model.name",
+    **{k: f"model.{k}" for k in ("pretrained", "embedding_dim", "pooling", "frozen_bn",
+                                 "layer_norm", "normalize_embeddings", "compute_dtype",
+                                 "conv_impl", "head", "poincare_c", "clip_r")},
+    **{k: f"objective.{k}" for k in ("loss", "loss_kwargs", "miner", "miner_kwargs")},
+    **{k: f"optim.{k}" for k in ("optimizer", "learning_rate", "weight_decay",
+                                 "backbone_lr_mult", "head_lr_mult", "loss_lr_mult",
+                                 "loss_weight_decay", "schedule", "warmup_epochs",
+                                 "lr_decay_epochs", "lr_decay_rate", "freeze_backbone_epochs",
+                                 "clip_norm", "clip_value")},
+    **{k: f"loop.{k}" for k in ("epochs", "num_devices", "steps_per_call", "workdir",
+                                "checkpoint_every_epochs", "keep_checkpoints",
+                                "eval_every_epochs", "log_every", "tensorboard")},
+    "recall_ks": "eval.recall_ks", "eval_batch_size": "eval.batch_size",
+    "eval_baselines": "eval.baselines",
+}
+
+
+def _unknown(where: str, name: str, valid) -> str:
+  close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
+  hint = f"; closest: {', '.join(close)}" if close else ""
+  return f"{where} has no field {name!r}{hint} (fields: {', '.join(valid)})."
+
+
+def _type_name(tp) -> str:
+  origin = typing.get_origin(tp)
+  if origin is Literal:
+    return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+  if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    return " or ".join(_type_name(a) for a in typing.get_args(tp))
+  if tp is type(None):
+    return "none"
+  if origin is not None:
+    return str(tp).replace("typing.", "")
+  return getattr(tp, "__name__", str(tp))
+
+
+def _allows_none(tp) -> bool:
+  return tp is type(None) or type(None) in typing.get_args(tp) or tp is Any
+
+
+def parse_value(raw: str, tp: Any, path: str) -> Any:
+  """Parses the text `raw` as a value of type `tp` (JSON, or the text itself for strings).
+
+  >>> parse_value("3e-4", float, "optim.learning_rate")
+  0.0003
+  >>> parse_value("1,10,100", tuple[int, ...], "eval.recall_ks")
+  (1, 10, 100)
+  >>> parse_value("none", int | None, "loop.num_devices") is None
+  True
+  """
+  if raw.strip().lower() in ("none", "null") and _allows_none(tp):
+    return None
+  adapter = pydantic.TypeAdapter(tp)
+  candidates = [raw]
+  if typing.get_origin(tp) in (tuple, list) and not raw.lstrip().startswith("["):
+    candidates.append(f"[{raw}]")  # "1,2,4" for a sequence
+  error = None
+  for text in candidates:
+    try:
+      return adapter.validate_json(text)
+    except pydantic.ValidationError as e:
+      error = error or e
+  try:
+    return adapter.validate_strings(raw)
+  except pydantic.ValidationError:
+    pass
+  detail = error.errors()[0]["msg"] if error is not None else "cannot parse"
+  literals = [str(a) for t in (tp, *typing.get_args(tp)) if typing.get_origin(t) is Literal
+              for a in typing.get_args(t)]
+  if literals:
+    close = difflib.get_close_matches(raw, literals, n=1)
+    detail = f"; closest: {close[0]!r}" if close else ""
+  else:
+    detail = "" if detail.startswith("Invalid JSON") else f" ({detail})"
+  raise ConfigError(f"{path}={raw!r}: expected {_type_name(tp)}{detail}.")
+
+
+def _loose(raw: str) -> Any:
+  """A value of an untyped field (a loss keyword argument): JSON if it parses, else the text."""
+  if raw.strip().lower() in ("none", "null"):
+    return None
+  try:
+    return json.loads(raw)
+  except json.JSONDecodeError:
+    return raw
+
+
+def _message(error: Exception) -> str:
+  if isinstance(error, pydantic.ValidationError):
+    e = error.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    return e["msg"].removeprefix("Value error, ") + (f" ({loc})" if loc else "")
+  return str(error)
+
+
+def _one_line(error: Exception, path: str, raw: Any) -> ConfigError:
+  return ConfigError(f"{path}={raw!r}: {_message(error)}")
+
+
+def _hints(cls) -> dict:
+  return typing.get_type_hints(cls)
+
+
+def _set_methods(node: ObjectiveConfig, raw: str, path: str) -> ObjectiveConfig:
+  value = _loose(raw)
+  if value is None or value == "":
+    names = []
+  elif isinstance(value, str):
+    names = [v.strip() for v in value.split(",") if v.strip()]
+  elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+    names = value
+  else:
+    raise ConfigError(f"{path}={raw!r}: expected method names, innermost first, e.g. das,hier "
+                      f"(methods: {', '.join(methods.BY_NAME)}).")
+  for name in names:
+    if name not in methods.BY_NAME:
+      raise ConfigError(f"{path}={raw!r}: " + _unknown("jaxdml.methods", name,
+                                                       list(methods.BY_NAME)).replace(
+                                                           "has no field", "has no method"))
+  return dataclasses.replace(node, methods={n: node.methods.get(n) for n in names})
+
+
+def _set(node: Any, parts: list[str], raw: str, path: str, where: str) -> Any:
+  head, rest = parts[0], parts[1:]
+  here = f"{where}.{head}" if where else head
+  if isinstance(node, dict):  # loss_kwargs / miner_kwargs entries: untyped
+    if rest:
+      raise ConfigError(f"{path}={raw!r}: {here} is a value, not a section.")
+    return {**node, head: _loose(raw)}
+  if not dataclasses.is_dataclass(node):
+    raise ConfigError(f"{path}={raw!r}: {where} is a value, not a section.")
+  fields = [f.name for f in dataclasses.fields(node)]
+  if isinstance(node, ObjectiveConfig) and head not in fields:
+    if head not in methods.BY_NAME:
+      raise ConfigError(f"{path}={raw!r}: " + _unknown(where, head, fields + [
+          f"{m} (a method)" for m in methods.BY_NAME]))
+    if head not in node.methods:
+      on = ",".join([*node.methods, head])
+      raise ConfigError(f"{path}={raw!r}: {here} is off (objective.methods = "
+                        f"{list(node.methods)}); turn it on first, e.g. --set "
+                        f"objective.methods={on} (innermost first).")
+    if not rest:
+      raise ConfigError(f"{path}={raw!r}: set a field of {here}, e.g. {here}.<field>=<value>.")
+    new = _set(node.methods[head], rest, raw, path, here)
+    return dataclasses.replace(node, methods={**node.methods, head: new})
+  if head not in fields:
+    raise ConfigError(f"{path}={raw!r}: " + _unknown(where or "the config", head, fields))
+  if isinstance(node, ObjectiveConfig) and head == "methods" and not rest:
+    return _set_methods(node, raw, path)
+  tp = _hints(type(node))[head]
+  if rest:
+    value = _set(getattr(node, head), rest, raw, path, here)
+  elif not isinstance(raw, str):  # a Python value (command-line flags, `set_value`)
+    value = raw
+  else:
+    value = _loose(raw) if tp is Any else parse_value(raw, tp, path)
+  return _replace(node, head, value, path, raw)
+
+
+def _replace(node, name, value, path, raw):
+  """`node` with `name` set, validated; at the root the checks across sections wait for
+  `_validated` (several overrides may change several sections together)."""
+  if isinstance(node, Config):
+    new = object.__new__(Config)
+    for f in dataclasses.fields(Config):
+      object.__setattr__(new, f.name, getattr(node, f.name))
+    if name in ("name", "seed"):
+      try:
+        value = pydantic.TypeAdapter(_hints(Config)[name]).validate_python(value)
+      except pydantic.ValidationError as e:
+        raise _one_line(e, path, raw) from None
+    object.__setattr__(new, name, value)
+    return new
+  try:
+    return dataclasses.replace(node, **{name: value})
+  except (pydantic.ValidationError, ValueError, TypeError) as e:
+    raise _one_line(e, path, raw) from None
+
+
+def apply_overrides(config: Config, assignments: list[str], *, values: dict | None = None,
+                    warn=lambda msg: print(msg, file=sys.stderr)) -> Config:
+  """Applies `path=value` assignments (see the module docstring); returns the new config.
+
+  Each value is parsed against its field's type and its section validated as it is set; the
+  checks that involve several sections run once, after all of them (so that
+  `data.dataset=cub200` and `model.name=resnet50` can be given one after the other).
+
+  Args:
+    config: the config to start from.
+    assignments: "path=value" strings (`--set`), applied in order.
+    values: {path: Python value} applied before them (command-line flags).
+    warn: reports the use of a flat alias.
+
+  >>> cfg = apply_overrides(Config(), ["optim.learning_rate=3e-4", "model.embedding_dim=64"])
+  >>> cfg.optim.learning_rate, cfg.model.embedding_dim
+  (0.0003, 64)
+  >>> apply_overrides(Config(), ["optim.learning_rat=3e-4"])
+  Traceback (most recent call last):
+  ...
+  jaxdml.app.config.ConfigError: optim.learning_rat='3e-4': optim has no field 'learning_rat'; ...
+  """
+  items = [(path, value) for path, value in (values or {}).items()]
+  for item in assignments:
+    if "=" not in item:
+      raise ConfigError(f"override {item!r} is not of the form path=value (e.g. "
+                        "optim.learning_rate=3e-4).")
+    path, raw = item.split("=", 1)
+    path = path.strip().replace("-", "_")
+    if path in FLAT_ALIASES:
+      warn(f"note: '{path}' is now '{FLAT_ALIASES[path]}' (the flat name is accepted for one "
+           "release).")
+      path = FLAT_ALIASES[path]
+    items.append((path, raw))
+  for path, raw in items:
+    config = _set(config, path.split("."), raw, path, "")
+  if not items:
+    return config
+  try:
+    return dataclasses.replace(config)
+  except (pydantic.ValidationError, ValueError, TypeError) as e:
+    given = ", ".join(f"{p}={r!r}" for p, r in items)
+    raise ConfigError(f"{_message(e)} (after {given})") from None
+
+
+def set_value(config: Config, path: str, value: Any) -> Config:
+  """`config` with the field at dotted `path` set to a Python value (validated).
+
+  >>> set_value(Config(), "loop.epochs", 5).loop.epochs
+  5
+  """
+  return apply_overrides(config, [], values={path: value})
+
+
+# ------------------------------------------------------------------------------------------------
+# Plain data and config files
+# ------------------------------------------------------------------------------------------------
+
+
+def to_dict(config: Config) -> dict:
+  """The config as plain JSON-able data (methods as {name: {field: value}}, in order)."""
+  return dataclasses.asdict(config)
+
+
+def from_dict(raw: dict) -> Config:
+  """The `Config` of `to_dict` output (e.g. a run's config.json).
+
+  >>> from_dict(to_dict(Config())) == Config()
+  True
+  """
+  try:
+    return pydantic.TypeAdapter(Config).validate_python(raw)
+  except pydantic.ValidationError as e:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    raise ConfigError(f"{loc}: {err['msg']}".removeprefix(": ")) from None
+
+
+def diff(a: Config, b: Config) -> list[str]:
+  """The dotted paths whose values differ between two configs.
+
+  >>> diff(Config(), set_value(Config(), "optim.learning_rate", 0.1))
+  ['optim.learning_rate']
+  """
+  out = []
+
+  def rec(x, y, prefix):
+    if isinstance(x, dict) and isinstance(y, dict):
+      for k in list(dict.fromkeys([*x, *y])):
+        rec(x.get(k, "<unset>"), y.get(k, "<unset>"), f"{prefix}.{k}" if prefix else k)
+    elif x != y:
+      out.append(prefix)
+
+  rec(to_dict(a), to_dict(b), "")
+  return out
+
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
+
+
+def load(spec: str | None = None) -> Config:
+  """The `Config` of a config file's `get_config()`, or of a name in experiments/ ("digits").
+
+  A config file in a folder with an `__init__.py` (experiments/) is imported as a module of that
+  package, so it can import its neighbours (`from experiments import recipes`).
+  """
+  if spec is None:
+    return Config()
+  path = pathlib.Path(spec)
+  if not path.suffix:
+    path = EXPERIMENTS / f"{spec}.py"
+  if not path.exists():
+    raise FileNotFoundError(f"config {spec!r} not found (looked for {path}).")
+  path = path.resolve()
+  package = path.parent.name if (path.parent / "__init__.py").exists() else None
+  if package and package.isidentifier():
+    if package not in sys.modules:
+      pkg_spec = importlib.util.spec_from_file_location(
+          package, path.parent / "__init__.py", submodule_search_locations=[str(path.parent)])
+      pkg = importlib.util.module_from_spec(pkg_spec)
+      sys.modules[package] = pkg
+      pkg_spec.loader.exec_module(pkg)
+    module_name = f"{package}.{path.stem}"
+  else:
+    module_name = f"jaxdml_config_{path.stem}"
+  module_spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  sys.modules[module_name] = module
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"{path} defines no get_config().")
+  config = module.get_config()
+  if not isinstance(config, Config):
+    raise ValueError(f"{path}: get_config() must return a jaxdml.app.config.Config, got "
+                     f"{type(config).__name__}.")
+  return config
