@@ -82,6 +82,10 @@ def init(num_classes: int, dim: int, *, num_scaled_dims: int = 4, bank_size: int
 
   The bank holds C * Z * d values (as in the authors' code, one bank per class): 11,318 SOP
   classes, Z = 10 and d = 512 make 58M floats.
+
+  >>> state = init(num_classes=3, dim=8)
+  >>> state.bank.shape, state.top_dims.shape
+  ((3, 10, 8), (3, 4))
   """
   if num_classes < 1 or dim < 1:
     raise ValueError(f"num_classes and dim must be >= 1, got {num_classes}, {dim}.")
@@ -102,7 +106,11 @@ def init(num_classes: int, dim: int, *, num_scaled_dims: int = 4, bank_size: int
 
 
 def mask(state: State) -> Array:
-  """[C, d] bool: the binary DFS mask M of the paper (True on each class's top-K dimensions)."""
+  """[C, d] bool: the binary DFS mask M of the paper (True on each class's top-K dimensions).
+
+  >>> mask(init(2, 5, num_scaled_dims=2)).astype(int).tolist()
+  [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0]]
+  """
   num_classes, dim = state.frequency.shape
   rows = jnp.arange(num_classes)[:, None]
   return jnp.zeros((num_classes, dim), bool).at[rows, state.top_dims].set(True)
@@ -144,6 +152,11 @@ def update(state: State, z: Array, y: Array) -> State:
   replace entries other than the oldest; here the ring pointer moves on and the oldest entries are
   always replaced first. The set of stored differences right after such a batch is the same.
   Ties in the top-K follow `jax.lax.top_k` (lower index first); torch.topk leaves them unspecified.
+
+  >>> import jax.numpy as jnp
+  >>> state = update(init(2, 4, num_scaled_dims=1), jnp.eye(4), jnp.array([0, 0, 1, 1]))
+  >>> state.bank_count.tolist(), state.top_dims.tolist()
+  ([2, 2], [[0], [2]])
   """
   _check_batch(state, z, y)
   num_classes, bank_size, _ = state.bank.shape
@@ -236,6 +249,13 @@ def generate(
 
   Normalisation uses `jaxdml.similarity.l2_normalize` (epsilon 1e-12 on the squared norm, where
   torch's F.normalize puts 1e-12 on the norm); this only matters for near-zero vectors.
+
+  >>> import jax, jax.numpy as jnp
+  >>> z, y = jnp.eye(4), jnp.array([0, 0, 1, 1])
+  >>> state = update(init(2, 4, num_scaled_dims=1), z, y)
+  >>> z_gen, y_gen = generate(state, z, y, jax.random.PRNGKey(0), num_generated=2)
+  >>> z_gen.shape, y_gen.tolist()
+  ((8, 4), [0, 0, 1, 1, 0, 0, 1, 1])
   """
   _check_batch(state, z, y)
   if num_generated < 1:
@@ -272,7 +292,14 @@ def generate(
 
 
 def combine(z: Array, y: Array, z_gen: Array, y_gen: Array) -> tuple[Array, Array]:
-  """`[real; generated]` embeddings and labels: the batch every miner and loss then sees."""
+  """`[real; generated]` embeddings and labels: the batch every miner and loss then sees.
+
+  >>> import jax.numpy as jnp
+  >>> z_all, y_all = combine(jnp.eye(2), jnp.array([0, 1]), jnp.ones((4, 2)),
+  ...                        jnp.array([0, 1, 0, 1]))
+  >>> z_all.shape, y_all.tolist()
+  ((6, 2), [0, 1, 0, 1, 0, 1])
+  """
   _checks.embeddings(z, "z")
   _checks.labels(y, z.shape[0], "y")
   _checks.embeddings(z_gen, "z_gen")
@@ -289,6 +316,12 @@ def apply(state: State, z: Array, y: Array, key: Array,
 
   Returns:
     (z_all [(1+R)B, d], y_all [(1+R)B], new_state); `generate_kwargs` go to `generate`.
+
+  >>> import jax, jax.numpy as jnp
+  >>> z_all, y_all, state = apply(init(2, 4, num_scaled_dims=1), jnp.eye(4),
+  ...                             jnp.array([0, 0, 1, 1]), jax.random.PRNGKey(0))
+  >>> z_all.shape, state.bank_count.tolist()
+  ((16, 4), [2, 2])
   """
   state = update(state, z, y)
   z_gen, y_gen = generate(state, z, y, key, **generate_kwargs)
@@ -316,6 +349,11 @@ def pairs(y: Array, num_generated: int = 3, *, queries: str = "all",
   Returns:
     target float32 and mask bool, as `jaxdml.targets.from_labels`; each embedding's pair with
     itself is always masked.
+
+  >>> import jax.numpy as jnp
+  >>> target, mask = pairs(jnp.array([0, 1]), num_generated=1)
+  >>> target.tolist(), int(mask.sum())
+  ([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]], 12)
   """
   _checks.one_of(queries, QUERIES, "queries")
   _checks.check_rank(y, 1, "y", "[B]")
@@ -339,6 +377,11 @@ def loss(loss_fn: Callable[[Array, Array], Array], z: Array, y: Array, z_gen: Ar
   Without `aux_weight` (the default): `loss_fn(z_all, y_all)` on the combined batch. With it
   (`--aux_loss`, weight 1.0 in the code, used only by the SOP triplet recipes of Table 2):
   `loss_fn(z, y) + aux_weight * loss_fn(z_all, y_all)`.
+
+  >>> import jax.numpy as jnp
+  >>> z, y = jnp.eye(2), jnp.array([0, 1])
+  >>> float(loss(lambda e, l: jnp.float32(e.shape[0]), z, y, z, y, aux_weight=0.5))
+  4.0
   """
   z_all, y_all = combine(z, y, z_gen, y_gen)
   total = loss_fn(z_all, y_all)
@@ -453,6 +496,9 @@ def recipe(table: str, dataset: str, loss: str = "multisimilarity") -> Settings:
     dataset: "cub200", "cars196" or "online_products".
     loss: "multisimilarity" (Table 1's only loss) or, for Table 2, one of "triplet_semihard",
       "triplet_distance", "contrastive", "margin", "lifted", "npair", "multisimilarity".
+
+  >>> recipe("table1", "cub200").num_scaled_dims
+  8
   """
   try:
     return RECIPES[(table, dataset, loss)]
@@ -541,5 +587,12 @@ def wrap(inner: Objective, settings: Settings = Settings(), *, num_classes: int,
 
 
 def build(inner: Objective, settings: Settings, setup: objectives.Setup) -> Objective:
-  """`wrap` with the run's classes and embedding dimension (how applications build DAS)."""
+  """`wrap` with the run's classes and embedding dimension (how applications build DAS).
+
+  >>> from jaxdml import objectives
+  >>> obj = build(objectives.core("contrastive"), Settings(),
+  ...             objectives.Setup(num_classes=10, dim=16))
+  >>> obj.init_state()["das"].bank.shape
+  (10, 10, 16)
+  """
   return wrap(inner, settings, num_classes=setup.num_classes, dim=setup.dim)

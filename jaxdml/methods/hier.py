@@ -82,6 +82,10 @@ def init_proxies(
 
   Returns:
     [P, d] Euclidean proxy parameters; `loss` maps them into the ball.
+
+  >>> import jax
+  >>> init_proxies(jax.random.PRNGKey(0), 512, 128).shape
+  (512, 128)
   """
   if num_proxies < 1 or dim < 1:
     raise ValueError(f"num_proxies and dim must be >= 1, got {num_proxies}, {dim}.")
@@ -96,7 +100,13 @@ def proxies_in_ball(
     clip_r: float | None = poincare.DEFAULT_CLIP_R,
     riemannian: bool = True,
 ) -> Array:
-  """The proxies as points of the ball, `to_poincare(proxies)` (HIER: with the Riemannian fix)."""
+  """The proxies as points of the ball, `to_poincare(proxies)` (HIER: with the Riemannian fix).
+
+  >>> import jax, jax.numpy as jnp
+  >>> rho = proxies_in_ball(init_proxies(jax.random.PRNGKey(0), 4, 8))
+  >>> bool((jnp.linalg.norm(rho, axis=1) < poincare.ball_radius(0.1)).all())
+  True
+  """
   return poincare.to_poincare(proxies, c=c, clip_r=clip_r, riemannian=riemannian)
 
 
@@ -117,6 +127,9 @@ def lr_multipliers(*, fc_lr_scale: float = 1.0) -> dict[str, float]:
   by value to [-10, 10] (the `--clip_grad` flag only switches this on). In jaxdml's trainer
   groups ("backbone", "head", "loss"), the two proxy groups are both "loss" parameters and need
   separate multipliers.
+
+  >>> lr_multipliers()["hier_proxies"]
+  50.0
   """
   return {"backbone": 1.0, "head": float(fc_lr_scale), "hier_proxies": 50.0,
           "class_proxies": 1e4}
@@ -154,6 +167,11 @@ def reciprocal_relevance(sim: Array, topk: int = DEFAULT_TOPK) -> Array:
 
   Returns:
     [N, N] float32 matrix with values in {-1, 0, 0.5, 1}.
+
+  >>> import jax.numpy as jnp
+  >>> sim = jnp.array([[1.0, 0.9, 0.1], [0.9, 1.0, 0.2], [0.1, 0.8, 1.0]])
+  >>> reciprocal_relevance(sim, topk=2).tolist()
+  [[-1.0, 1.0, 0.0], [1.0, -1.0, 0.5], [0.0, 0.5, -1.0]]
   """
   _checks.check_rank(sim, 2, "sim", "[nodes, nodes]")
   n = sim.shape[0]
@@ -200,6 +218,12 @@ def reciprocal_triplets(
 
   Returns:
     `Triplets` of N * T entries, grouped by anchor (anchor = repeat(arange(N), T)).
+
+  >>> import jax, jax.numpy as jnp
+  >>> sim = jnp.eye(6) + jnp.kron(jnp.eye(2), jnp.ones((3, 3)))  # two groups of 3
+  >>> t = reciprocal_triplets(sim, jax.random.PRNGKey(0), topk=3, triplets_per_anchor=2)
+  >>> t.anchor.shape, t.weight.tolist() == [1.0] * 12
+  ((12,), True)
   """
   n = sim.shape[0]
   t = int(triplets_per_anchor)
@@ -265,6 +289,11 @@ def select_lca(max_dist: Array, key: Array | None, *, tau: float = DEFAULT_TAU
   Returns:
     (weights [M, P], index [M] int32): one-hot forward values with soft gradients, and the
     selected proxies.
+
+  >>> import jax.numpy as jnp
+  >>> one_hot, index = select_lca(jnp.array([[2.0, 0.5, 1.0]]), None)
+  >>> one_hot.tolist(), index.tolist()
+  ([[0.0, 1.0, 0.0]], [1])
   """
   noise = None if key is None else jax.random.gumbel(key, max_dist.shape, max_dist.dtype)
   return _straight_through_lca(max_dist, noise, tau)
@@ -312,6 +341,14 @@ def triplet_loss(
   Returns:
     (loss, aux) with aux {"num_triplets": sum of weights, "active_fraction": weighted share of
     triplets whose two LCAs differ}.
+
+  >>> import jax, jax.numpy as jnp
+  >>> sim = jnp.eye(6) + jnp.kron(jnp.eye(2), jnp.ones((3, 3)))
+  >>> t = reciprocal_triplets(sim, jax.random.PRNGKey(0), topk=3, triplets_per_anchor=2)
+  >>> dist = jax.random.uniform(jax.random.PRNGKey(1), (6, 4))  # nodes to 4 proxies
+  >>> value, aux = triplet_loss(dist, t, None)
+  >>> bool(value >= 0), int(aux["num_triplets"])
+  (True, 12)
   """
   _checks.check_rank(dist, 2, "dist", "[nodes, proxies]")
   _checks.check_floating(dist, "dist")
@@ -405,6 +442,13 @@ def loss_and_aux(
   Returns:
     (loss, aux): aux holds "data_loss", "proxy_loss", the "num_triplets" of each part
     ("data_triplets", "proxy_triplets") and their "active_fraction"s.
+
+  >>> import jax, jax.numpy as jnp
+  >>> proxies = init_proxies(jax.random.PRNGKey(0), 8, 4)
+  >>> value, aux = jax.jit(loss_and_aux)(proxies, 0.3 * jnp.eye(4), jnp.array([0, 0, 1, 1]),
+  ...                                    jax.random.PRNGKey(1))
+  >>> sorted(aux)[:2], bool(jnp.isclose(value, aux["data_loss"] + aux["proxy_loss"]))
+  (['data_active_fraction', 'data_loss'], True)
   """
   _checks.embeddings(embeddings)
   _checks.labels(labels, embeddings.shape[0])
@@ -505,6 +549,13 @@ def lowest_common_ancestors(x: Array, y: Array, proxies: Array, *,
 
   Returns:
     (index [N] int32, depth [N] float).
+
+  >>> import jax.numpy as jnp
+  >>> proxies = jnp.array([[0.0, 0.0], [1.0, 0.0]])
+  >>> index, depth = lowest_common_ancestors(jnp.array([[0.9, 0.1]]), jnp.array([[0.9, -0.1]]),
+  ...                                        proxies)
+  >>> index.tolist(), bool(depth[0] > 0)
+  ([1], True)
   """
   _checks.same_shape(x, y, "x", "y")
   d = jnp.maximum(poincare.dist_matrix(x, proxies, c=c), poincare.dist_matrix(y, proxies, c=c))
@@ -549,6 +600,11 @@ def hyp_pairwise_ce_loss(
 
   Reference: Ermolov et al., "Hyperbolic Vision Transformers: Combining Improvements in Metric
   Learning", CVPR 2022.
+
+  >>> import jax
+  >>> views = 0.3 * jax.random.normal(jax.random.PRNGKey(0), (4, 2, 8))  # 4 classes x 2 views
+  >>> bool(hyp_pairwise_ce_loss(views) > 0)
+  True
   """
   _checks.check_rank(embeddings, 3, "embeddings", "[classes, views, dim]")
   _checks.check_floating(embeddings, "embeddings")
@@ -711,6 +767,13 @@ def build(inner: objectives.Objective, settings: Settings,
   """`wrap` as applications build it: HIER's ball is the hyperbolic head's (`setup.ball`).
 
   Raises ValueError without a hyperbolic head, or when `settings` name another ball.
+
+  >>> from jaxdml import objectives
+  >>> inner = objectives.core("proxy_anchor", num_classes=10, dim=16)
+  >>> obj = build(inner, Settings(num_proxies=32),
+  ...             objectives.Setup(num_classes=10, dim=16, ball=(0.1, 2.3)))
+  >>> dict(obj.lr_mult)
+  {'hier': 50.0}
   """
   if setup.ball is None:
     raise ValueError("HIER places embeddings and proxies in the Poincare ball: it needs a "

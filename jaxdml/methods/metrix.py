@@ -125,6 +125,11 @@ def sample_lambda(key: Array, alpha: float = DEFAULT_ALPHA, shape: tuple[int, ..
 
   Returns:
     float32 array of `shape`.
+
+  >>> import jax
+  >>> lam = sample_lambda(jax.random.PRNGKey(0), 2.0, (3,))
+  >>> lam.shape, bool(((lam > 0) & (lam < 1)).all())
+  ((3,), True)
   """
   if isinstance(alpha, (int, float)):
     _checks.positive(alpha, "alpha")
@@ -143,6 +148,10 @@ def mix(a: Array, b: Array, lam: Array | float) -> Array:
 
   Returns:
     Array of the shape and dtype of `a`.
+
+  >>> import jax.numpy as jnp
+  >>> mix(jnp.ones(2), jnp.zeros(2), 0.25).tolist()
+  [0.25, 0.25]
   """
   _checks.same_shape(a, b, "a", "b")
   _checks.check_floating(a, "a")
@@ -164,6 +173,11 @@ def mix_embeddings(a: Array, b: Array, lam: Array | float, *, normalize: bool = 
 
   `normalize=True` returns what the official code's losses see (its distances normalise every
   embedding); `normalize=False` returns the raw interpolation, as its model outputs it.
+
+  >>> import jax.numpy as jnp
+  >>> mixed = mix_embeddings(jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 1.0]]), 0.5)
+  >>> [round(v, 4) for v in mixed[0].tolist()]
+  [0.7071, 0.7071]
   """
   _checks.embeddings(a, "a")
   out = mix(a, b, lam)
@@ -179,6 +193,11 @@ def mix_pairs(x: Array, pairs: MixPairs) -> Array:
 
   Returns:
     [M, ...] mixed examples, aligned with `pairs` (invalid slots hold some mixture; ignore them).
+
+  >>> import jax.numpy as jnp
+  >>> pairs = select_pairs(jnp.array([0, 0, 1, 1]), 0.5)
+  >>> mix_pairs(jnp.array([0.0, 1.0, 2.0, 3.0]), pairs).tolist()
+  [1.5, 1.0, 1.5, 1.0]
   """
   if len(_shape(x)) < 1:
     raise ValueError("`x` must have a leading batch axis.")
@@ -255,6 +274,11 @@ def select_pairs(
 
   Returns:
     `MixPairs` with M slots.
+
+  >>> import jax.numpy as jnp
+  >>> pairs = select_pairs(jnp.array([0, 0, 1, 1]), 0.5)
+  >>> pairs.anchor.tolist(), pairs.index_a.tolist(), pairs.index_b.tolist()
+  ([0, 1, 2, 3], [1, 0, 3, 2], [2, 2, 0, 0])
   """
   _checks.check_rank(labels, 1, "labels", "[batch]")
   _checks.check_integer(labels, "labels")
@@ -353,6 +377,11 @@ def sample_pairs(
 
   Returns:
     `MixPairs`.
+
+  >>> import jax, jax.numpy as jnp
+  >>> pairs = sample_pairs(jax.random.PRNGKey(0), jnp.array([0, 0, 1, 1]), pairing="pos_neg")
+  >>> pairs.anchor.shape, bool(pairs.valid.all())
+  ((4,), True)
   """
   k_lam, k_sel = jax.random.split(key)
   pairs = select_pairs(labels, 0.0, pairing=pairing, key=k_sel, **select_kwargs)
@@ -399,6 +428,12 @@ def mixed_targets(labels: Array, pairs: MixPairs, *, own_anchor: bool = True
 
   Returns:
     (target [B, M] float32, mask [B, M] bool).
+
+  >>> import jax.numpy as jnp
+  >>> y = jnp.array([0, 0, 1, 1])
+  >>> target, mask = mixed_targets(y, select_pairs(y, 0.25))
+  >>> target[0].tolist(), mask[0].tolist()
+  ([0.25, 0.25, 0.75, 0.75], [True, False, False, False])
   """
   _checks.check_rank(labels, 1, "labels", "[batch]")
   _checks.check_integer(labels, "labels")
@@ -420,6 +455,12 @@ def mixed_proxy_targets(labels: Array, pairs: MixPairs, num_classes: int) -> tup
 
   Returns:
     (target [M, C] float32, mask [M, C] bool; invalid slots are masked out).
+
+  >>> import jax.numpy as jnp
+  >>> y = jnp.array([0, 0, 1, 1])
+  >>> target, _ = mixed_proxy_targets(y, select_pairs(y, 0.25), 2)
+  >>> target[0].tolist()
+  [0.25, 0.75]
   """
   _checks.check_rank(labels, 1, "labels", "[batch]")
   _checks.check_integer(labels, "labels")
@@ -667,7 +708,14 @@ def build(inner: objectives.Objective, settings: Settings,
           setup: objectives.Setup) -> objectives.Objective:
   """`wrap` as applications build it: input mixup of a P x M batch keeps exactly its
   P M (M - 1) positive-negative mixes (`num_mixed`), so no padding image goes through the
-  network."""
+  network.
+
+  >>> from jaxdml import objectives
+  >>> setup = objectives.Setup(num_classes=10, dim=16, classes_per_batch=8, per_class=3)
+  >>> obj = build(objectives.core("multi_similarity"), Settings(location="input"), setup)
+  >>> obj.name
+  'multi_similarity+metrix'
+  """
   if settings.location == "input" and settings.num_mixed is None and setup.per_class:
     p, m = setup.classes_per_batch, setup.per_class
     settings = dataclasses.replace(settings, num_mixed=max(1, p * m * (m - 1)))
