@@ -174,8 +174,10 @@ def main():
         print(f"| {name} | " + " | ".join(fmt([r[k] for r in rows]) if k in rows[0] else "-"
                                          for k in keys) + " |")
   if args.out:
+    setting = {"train_images_per_class": args.images_per_class, "epochs": args.epochs,
+               "seeds": args.seeds}
     with open(args.out, "w") as f:
-      json.dump(results, f, indent=2)
+      json.dump({"setting": setting, "rows": results}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -601,12 +601,47 @@ def from_dict(raw: dict) -> Config:
   >>> from_dict(to_dict(Config())) == Config()
   True
   """
+  if "data" not in raw and any(key in FLAT_ALIASES for key in raw):
+    raw = _from_flat(raw)
   try:
     return pydantic.TypeAdapter(Config).validate_python(raw)
   except pydantic.ValidationError as e:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    raise ConfigError(f"{loc}: {err['msg']}".removeprefix(": ")) from None
+    raise ConfigError(_message(e)) from None
+
+
+def _from_flat(raw: dict) -> dict:
+  """The sectioned form of a config saved before configs had sections (one release back):
+  the flat fields go to their paths, the `das` / `metrix` / `hier` dicts become the methods
+  in the order those objectives composed them.
+
+  >>> old = {"epochs": 3, "loss": "contrastive", "metrix": None,
+  ...        "das": {"recipe": ["table1", "cub200", "multisimilarity"]}}
+  >>> config = from_dict(old)
+  >>> config.loop.epochs, config.objective.name, config.objective.methods["das"].detach
+  (3, 'contrastive+das', True)
+  """
+  out: dict = {}
+  for key, value in raw.items():
+    if key in FLAT_ALIASES:
+      section, field = FLAT_ALIASES[key].split(".")
+      out.setdefault(section, {})[field] = value
+    elif key in ("name", "seed"):
+      out[key] = value
+  method_values = {}
+  for name in ("das", "metrix", "hier"):
+    value = raw.get(name)
+    if value is None:
+      continue
+    value = dict(value)
+    if name == "das" and value.get("recipe"):
+      from jaxdml.methods import das  # noqa: PLC0415
+      base = dataclasses.asdict(das.recipe(*value.pop("recipe")))
+      value = {**base, **value}
+    value.pop("recipe", None)
+    method_values[name] = value
+  if method_values:
+    out.setdefault("objective", {})["methods"] = method_values
+  return out
 
 
 def diff(a: Config, b: Config) -> list[str]:
