@@ -22,7 +22,7 @@ Recall@1 88.2 (R@2 93.0, R@4 95.6).
 The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
 evaluation).
 
-Deviations: those every HIER config shares (`recipes.hier` (experiments/recipes.py)).
+Deviations: those every HIER config shares (`recipes.hier`, experiments/recipes.py).
 """
 
 from experiments import recipes

@@ -22,7 +22,7 @@ Recall@1 70.1 (R@2 79.4, R@4 86.9).
 The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
 evaluation).
 
-Deviations: those every HIER config shares (`recipes.hier` (experiments/recipes.py)).
+Deviations: those every HIER config shares (`recipes.hier`, experiments/recipes.py).
 """
 
 from experiments import recipes

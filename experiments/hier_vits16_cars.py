@@ -29,7 +29,7 @@ dimension: 82.7.
 The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
 evaluation).
 
-Deviations: those every HIER config shares (`recipes.hier` (experiments/recipes.py)).
+Deviations: those every HIER config shares (`recipes.hier`, experiments/recipes.py).
 """
 
 from experiments import recipes

@@ -560,6 +560,9 @@ def apply_overrides(config: Config, assignments: list[str], *, values: dict | No
                         "optim.learning_rate=3e-4).")
     path, raw = item.split("=", 1)
     path = path.strip().replace("-", "_")
+    if path in methods.BY_NAME:
+      raise ConfigError(f"{item!r}: methods are now objective.methods, e.g. --set "
+                        f"objective.methods={path} and --set objective.{path}.<field>=<value>.")
     if path in FLAT_ALIASES:
       warn(f"note: '{path}' is now '{FLAT_ALIASES[path]}' (the flat name is accepted for one "
            "release).")

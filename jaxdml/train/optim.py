@@ -33,7 +33,7 @@ FROZEN_BN_PATTERNS = (r"(^|/)(bn\d*|\w+_bn|downsample_1)/(scale|bias)$",)
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-  """Plain values describing the optimiser (built from a `TrainConfig`).
+  """Plain values describing the optimiser (the application builds it from a config's `optim`).
 
   Attributes:
     optimizer: "adamw" (decoupled weight decay), "adam" (L2 penalty added to the gradient, as

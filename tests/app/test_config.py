@@ -58,6 +58,7 @@ def test_overrides_are_parsed_against_the_field_type():
     ("objective.methods=dass", "jaxdml.methods has no method 'dass'; closest: das"),
     ("objective.das.shift_scale=0.1", "objective.das is off"),
     ("epochs", "is not of the form path=value"),
+    ("hier={}", "methods are now objective.methods, e.g. --set objective.methods=hier"),
 ])
 def test_a_wrong_override_is_one_line_naming_the_field(assignment, message):
   with pytest.raises(ConfigError) as err:

@@ -36,7 +36,7 @@ def _np_dist_matrix(x, y, c=C):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_init_hier_proxies():
+def test_init_proxies():
   p = hier.init_proxies(jax.random.key(0), 64, 256)
   assert p.shape == (64, 256) and p.dtype == jnp.float32
   norms = np.linalg.norm(p, axis=1)
@@ -250,7 +250,7 @@ def test_hier_loss_matches_naive_loop_on_the_same_triplets():
   parts = jax.tree_util.tree_map(np.asarray, _mining_parts(x, proxies, y, key))
   z, rho = parts["z"].astype(np.float64), parts["rho"].astype(np.float64)
   # The distances agree with the naive ones; the naive loss below reuses the float32 matrices so
-  # that exact LCA ties (a proxy pair and its two members, see `hier_loss_and_aux`) are broken
+  # that exact LCA ties (a proxy pair and its two members, see `hier.loss_and_aux`) are broken
   # identically.
   np.testing.assert_allclose(parts["d_zp"], _np_dist_matrix(z, rho), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(parts["d_pp"], _np_dist_matrix(rho, rho), rtol=1e-4, atol=1e-3)
