@@ -28,6 +28,15 @@ PRETRAINED_FILES = {"bn_inception": "bn_inception-52deb4733.pth",
                     "resnet50": "resnet50-0676ba61.pth"}
 
 
+def _run(dataset: str, epochs: int, eval_every_epochs: int, checkpoint_every_epochs: int
+         ) -> dict:
+  """The loop and evaluation sections every recipe shares: its epochs, periodic evaluation and
+  checkpoints, and the data set's Recall@K."""
+  return {"loop": LoopConfig(epochs=epochs, eval_every_epochs=eval_every_epochs,
+                             checkpoint_every_epochs=checkpoint_every_epochs),
+          "eval": EvalConfig(recall_ks=RECALL_KS[dataset])}
+
+
 def proxy_anchor(name: str, dataset: str, model: str, *, classes_per_batch: int, per_class: int,
                  learning_rate: float, warm_epochs: int, frozen_bn: bool, decay_step: int,
                  decay_rate: float = 0.5, epochs: int = 60, eval_every_epochs: int = 1,
@@ -51,9 +60,7 @@ def proxy_anchor(name: str, dataset: str, model: str, *, classes_per_batch: int,
                         lr_decay_epochs=tuple(range(decay_step, epochs, decay_step)),
                         lr_decay_rate=decay_rate, freeze_backbone_epochs=warm_epochs,
                         clip_value=10.0),
-      loop=LoopConfig(epochs=epochs, eval_every_epochs=eval_every_epochs,
-                      checkpoint_every_epochs=checkpoint_every_epochs),
-      eval=EvalConfig(recall_ks=RECALL_KS[dataset]))
+      **_run(dataset, epochs, eval_every_epochs, checkpoint_every_epochs))
 
 
 def multi_similarity(name: str, dataset: str, model: str, *, eval_every_epochs: int = 3,
@@ -77,9 +84,7 @@ def multi_similarity(name: str, dataset: str, model: str, *, eval_every_epochs: 
                                 miner="multi_similarity", miner_kwargs={"epsilon": 0.1}),
       optim=OptimConfig(optimizer="adam", learning_rate=3e-5, weight_decay=5e-4,
                         schedule="step", lr_decay_epochs=(16, 32), lr_decay_rate=0.1),
-      loop=LoopConfig(epochs=41, eval_every_epochs=eval_every_epochs,
-                      checkpoint_every_epochs=checkpoint_every_epochs),
-      eval=EvalConfig(recall_ks=RECALL_KS[dataset]))
+      **_run(dataset, 41, eval_every_epochs, checkpoint_every_epochs))
 
 
 #: DAS's names of the datasets (the `--dataset` values of its scripts and `das.RECIPES`' keys).
@@ -131,9 +136,7 @@ def das(name: str, dataset: str, *, classes_per_batch: int = 56, weight_decay: f
       optim=OptimConfig(optimizer="adam", learning_rate=1e-5, weight_decay=weight_decay,
                         loss_lr_mult=1.0, loss_weight_decay=None, schedule="step",
                         lr_decay_epochs=(200, 250), lr_decay_rate=0.3),
-      loop=LoopConfig(epochs=300, eval_every_epochs=eval_every_epochs,
-                      checkpoint_every_epochs=checkpoint_every_epochs),
-      eval=EvalConfig(recall_ks=RECALL_KS[dataset]))
+      **_run(dataset, 300, eval_every_epochs, checkpoint_every_epochs))
 
 
 def metrix(name: str, dataset: str, *, classes_per_batch: int, per_class: int,
@@ -189,9 +192,7 @@ def metrix(name: str, dataset: str, *, classes_per_batch: int, per_class: int,
                         lr_decay_epochs=tuple(range(decay_step, epochs, decay_step)),
                         lr_decay_rate=decay_rate, freeze_backbone_epochs=warm_epochs,
                         clip_value=10.0),
-      loop=LoopConfig(epochs=epochs, eval_every_epochs=eval_every_epochs,
-                      checkpoint_every_epochs=checkpoint_every_epochs),
-      eval=EvalConfig(recall_ks=RECALL_KS[dataset]))
+      **_run(dataset, epochs, eval_every_epochs, checkpoint_every_epochs))
 
 
 #: HIER's settings shared by every official script (hier/train.py arguments).
@@ -295,6 +296,4 @@ def hier(name: str, dataset: str, model: str, *, embedding_dim: int, learning_ra
                             range(decay_step, epochs, decay_step)),
                         lr_decay_rate=decay_rate, freeze_backbone_epochs=warm_epochs,
                         clip_value=10.0),
-      loop=LoopConfig(epochs=epochs, eval_every_epochs=eval_every_epochs,
-                      checkpoint_every_epochs=checkpoint_every_epochs),
-      eval=EvalConfig(recall_ks=RECALL_KS[dataset]))
+      **_run(dataset, epochs, eval_every_epochs, checkpoint_every_epochs))
