@@ -1,11 +1,11 @@
 """Golden values of the seed methods and their composition.
 
-The values in tests/golden/composition.npz were recorded by the objectives of the library before
-composition became a value (by `jaxdml.train.objectives.make_objective`, which composed a core
-loss with DAS, Metrix and HIER in that fixed order from dicts of settings). This test rebuilds
-the same objectives as values (`methods.X.wrap` around `objectives.core`, in the same order) and
-runs the same train steps through the current API, and checks that losses, diagnostics,
-gradients, initial and updated parameters and DAS state are unchanged.
+The values in tests/golden/composition/<case>.npz were recorded by the objectives of the
+library before composition became a value (by `jaxdml.train.objectives.make_objective`, which
+composed a core loss with DAS, Metrix and HIER in that fixed order from dicts of settings). This
+test rebuilds the same objectives as values (`methods.X.wrap` around `objectives.core`, in the
+same order) and runs the same train steps through the current API, and checks that losses,
+diagnostics, gradients, initial and updated parameters and DAS state are unchanged.
 
 Recording again (only after a deliberate change of what the methods compute, said in the
 commit): `JAXDML_WRITE_GOLDEN=1 python -m pytest tests/test_composition_golden.py`.
@@ -31,7 +31,7 @@ from jaxdml.train.sharding import make_mesh
 from jaxdml.train.state import init_state
 from jaxdml.train.step import make_train_step
 
-GOLDEN = pathlib.Path(__file__).resolve().parent / "golden" / "composition.npz"
+GOLDEN = pathlib.Path(__file__).resolve().parent / "golden" / "composition"
 WRITE = os.environ.get("JAXDML_WRITE_GOLDEN") == "1"
 
 NUM_CLASSES, DIM = 4, 16
@@ -199,25 +199,15 @@ def step_values(name):
 CASES = {**{n: objective_values for n in OBJECTIVES}, **{n: step_values for n in STEPS}}
 
 
-def _all_values():
-  return {f"{case}|{key}": value for case, fn in CASES.items() for key, value in fn(case).items()}
-
-
-def test_write_golden_values():
-  if not WRITE:
-    pytest.skip("set JAXDML_WRITE_GOLDEN=1 to record the golden values")
-  GOLDEN.parent.mkdir(exist_ok=True)
-  np.savez_compressed(GOLDEN, **_all_values())
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_values_unchanged(case):
-  if WRITE:
-    pytest.skip("recording")
-  golden = np.load(GOLDEN)
-  expected = {k.split("|", 1)[1]: golden[k] for k in golden.files if k.startswith(case + "|")}
-  assert expected, f"no golden values for {case}"
   got = CASES[case](case)
+  path = GOLDEN / f"{case}.npz"
+  if WRITE:  # recording on purpose (see the module docstring)
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **got)
+  golden = np.load(path)
+  expected = {key: golden[key] for key in golden.files}
   assert sorted(got) == sorted(expected)
   for key, value in expected.items():
     if np.issubdtype(value.dtype, np.integer) or value.dtype == bool:
