@@ -76,3 +76,9 @@ def positive(value: float, name: str) -> None:
 def one_of(value: Any, options: tuple, name: str) -> None:
   if value not in options:
     raise ValueError(f"`{name}` must be one of {options}, got {value!r}.")
+
+
+def positive_int(value: Any, name: str) -> None:
+  """Raises ValueError unless `value` is a Python int >= 1 (a bool is not)."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive int, got {value!r}.")

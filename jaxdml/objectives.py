@@ -55,7 +55,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxdml import losses, miners, pairs, similarity, targets
+from jaxdml import _checks, losses, miners, pairs, similarity, targets
 
 Array = jax.Array
 Params = Any
@@ -267,8 +267,8 @@ def proxy_loss(from_sim: Callable[[Array, Array, Array], Array], *, name: str,
   ...                  losses.proxy_anchor_loss(z, y, params["proxies"])))
   True
   """
-  _positive_int(num_classes, "num_classes")
-  _positive_int(dim, "dim")
+  _checks.positive_int(num_classes, "num_classes")
+  _checks.positive_int(dim, "dim")
   sim_fn = similarity.get(sim) if isinstance(sim, str) else sim
 
   def init_fn(key):
@@ -381,11 +381,6 @@ def canonical_name(name: str) -> str:
   return name
 
 
-def _positive_int(value, name):
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{name} must be a positive int, got {value!r}.")
-
-
 def _keyword_names(fn: Callable) -> set[str]:
   return {p.name for p in inspect.signature(fn).parameters.values()
           if p.kind == inspect.Parameter.KEYWORD_ONLY}
@@ -471,8 +466,8 @@ def core(name: str, *, num_classes: int | None = None, dim: int | None = None,
   if name in PROXY_LOSSES:
     if num_classes is None or dim is None:
       raise ValueError(f"the proxy loss {name!r} needs num_classes and dim.")
-    _positive_int(num_classes, "num_classes")
-    _positive_int(dim, "dim")
+    _checks.positive_int(num_classes, "num_classes")
+    _checks.positive_int(dim, "dim")
     spec = PROXY_LOSSES[name]
     init_kw = {}
     if name == "soft_triple":
@@ -495,7 +490,7 @@ def core(name: str, *, num_classes: int | None = None, dim: int | None = None,
   if learn_beta:
     if num_classes is None:
       raise ValueError("margin loss with learn_beta=True needs num_classes (one beta each).")
-    _positive_int(num_classes, "num_classes")
+    _checks.positive_int(num_classes, "num_classes")
 
   def init(key):
     del key

@@ -411,7 +411,7 @@ class Settings:
   >>> Settings(bank_size=0)
   Traceback (most recent call last):
   ...
-  ValueError: das bank_size must be an int >= 1, got 0.
+  ValueError: das bank_size must be a positive int, got 0.
   """
 
   num_scaled_dims: int = 4
@@ -425,9 +425,7 @@ class Settings:
 
   def __post_init__(self):
     for name in ("num_scaled_dims", "bank_size", "num_generated"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"das {name} must be an int >= 1, got {value!r}.")
+      _checks.positive_int(getattr(self, name), f"das {name}")
     if len(tuple(self.scale_range)) != 2:
       raise ValueError(f"das scale_range must be (left, right), got {self.scale_range!r}.")
     left, right = (float(v) for v in self.scale_range)
@@ -548,9 +546,8 @@ def wrap(inner: Objective, settings: Settings = Settings(), *, num_classes: int,
   """
   if not isinstance(settings, Settings):
     raise TypeError(f"settings must be a das.Settings, got {type(settings).__name__}.")
-  for arg, value in (("num_classes", num_classes), ("dim", dim)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"das {arg} must be a positive int, got {value!r}.")
+  _checks.positive_int(num_classes, "das num_classes")
+  _checks.positive_int(dim, "das dim")
   if settings.num_scaled_dims > dim:
     raise ValueError(f"das num_scaled_dims ({settings.num_scaled_dims}) must be <= the "
                      f"embedding dimension ({dim}).")

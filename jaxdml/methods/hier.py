@@ -683,9 +683,7 @@ class Settings:
 
   def __post_init__(self):
     for name in ("num_proxies", "topk", "triplets_per_anchor"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"hier {name} must be an int >= 1, got {value!r}.")
+      _checks.positive_int(getattr(self, name), f"hier {name}")
     for name in ("lambda1", "lambda2", "margin"):
       if not getattr(self, name) >= 0:
         raise ValueError(f"hier {name} must be >= 0, got {getattr(self, name)}.")
@@ -733,8 +731,7 @@ def wrap(inner: objectives.Objective, settings: Settings = Settings(), *, dim: i
   """
   if not isinstance(settings, Settings):
     raise TypeError(f"settings must be a hier.Settings, got {type(settings).__name__}.")
-  if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-    raise ValueError(f"dim must be a positive int, got {dim!r}.")
+  _checks.positive_int(dim, "hier dim")
   kwargs = settings.loss_kwargs()
 
   def init(key):

@@ -612,9 +612,8 @@ class Settings:
       value = getattr(self, name)
       if value is None or (value == "auto" and name != "num_mixed"):
         continue
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"metrix {name} must be a positive int or None"
-                         + (" or 'auto'" if name != "num_mixed" else "") + f", got {value!r}.")
+      _checks.positive_int(value, f"metrix {name} (or None" + (
+          ", 'auto')" if name != "num_mixed" else ")"))
 
   @property
   def positives(self) -> int | None:
