@@ -11,7 +11,7 @@ never a config.
   - `batches`, `evaluate`: in-memory batch streams; embedding a data set and scoring it.
 """
 
-from jaxdml.train.loop import NonFiniteLossError, TrainResult, train
+from jaxdml.train.loop import NonFiniteLossError, TrainingInterrupted, TrainResult, train
 from jaxdml.train.optim import OptimizerSpec, make_optimizer
 from jaxdml.train.sharding import make_mesh, put_batch
 from jaxdml.train.state import TrainState, init_state
@@ -29,4 +29,5 @@ def __getattr__(name):  # orbax, tensorboardX and matplotlib load on first use
 
 
 __all__ = ["OptimizerSpec", "make_optimizer", "make_mesh", "put_batch", "TrainState",
-           "init_state", "make_train_step", "NonFiniteLossError", "TrainResult", "train", *_LAZY]
+           "init_state", "make_train_step", "NonFiniteLossError", "TrainingInterrupted",
+           "TrainResult", "train", *_LAZY]

@@ -9,18 +9,30 @@ so that a resumed run draws exactly the batches an uninterrupted run would have 
 several processes every process's iterator state is gathered into the one JSON item (each
 process reads its own share of the data), and each process restores its own. Orbax
 writes each step to a temporary directory and renames it when complete, so a run killed during
-a save leaves the previous checkpoint as the latest one. The newest `max_to_keep` are kept.
+a save leaves the previous checkpoint as the latest one. The newest `max_to_keep` are kept; one
+damaged afterwards is moved aside by `restore_newest_readable`, which resumes from the next older.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import shutil
+import warnings
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+#: where `restore_newest_readable` moves checkpoints it cannot read
+UNREADABLE = "unreadable"
+
+
+def _first_line(e: Exception, limit: int = 300) -> str:
+  text = str(e).strip().splitlines()
+  line = text[0] if text else type(e).__name__
+  return (line[:limit] + "...") if len(line) > limit else line
 
 
 def _encode_data_state(data_state: Any) -> dict:
@@ -75,9 +87,9 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3):
     self.directory = os.path.abspath(os.fspath(directory))
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options,
                                           item_names=("state", "data"))
 
   def latest_step(self) -> int | None:
@@ -125,6 +137,61 @@ class Checkpointer:
           "model, loss, method settings, or a checkpoint written by an older jaxdml whose train "
           f"state had other fields); start a new workdir. Restoring said: {e}") from e
     return restored["state"], _decode_data_state(_own_process_state(restored["data"]))
+
+  def restore_newest_readable(self, target: Any, *, warn: Callable[[str], None] | None = None
+                              ) -> tuple[int, Any, Any]:
+    """Restores the newest checkpoint that can be read, moving unreadable newer ones aside.
+
+    A checkpoint whose files are damaged (a disk filled up mid-write, a partial copy, edited
+    metadata) is moved to `<directory>/unreadable/<step>` with a warning and the next older kept
+    checkpoint is tried, so the run continues from the last good state and later saves are not
+    blocked by the damaged step.
+
+    Args:
+      target: the train state to restore into (as in `restore`).
+      warn: called with a one-line message for each checkpoint moved aside (default:
+        `warnings.warn`).
+
+    Returns:
+      (step, state, data_state).
+
+    Raises:
+      ValueError: no kept checkpoint could be restored; the message gives each one's error.
+    """
+    warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
+    errors = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state, data_state = self.restore(target, step)
+      except Exception as e:  # noqa: BLE001 - any failure to read means: try the older one
+        errors.append((step, e))
+        continue
+      for bad, e in errors:
+        self._move_aside(bad)
+        warn(f"checkpoint {bad} in {self.directory} cannot be read ({_first_line(e)}); moved "
+             f"it to {os.path.join(self.directory, UNREADABLE, str(bad))} and resumed from "
+             f"checkpoint {step}.")
+      if errors:
+        self._reopen()
+      return step, state, data_state
+    lines = "; ".join(f"step {step}: {_first_line(e)}" for step, e in errors)
+    raise ValueError(f"no checkpoint in {self.directory} can be restored into this run ({lines}). "
+                     "If the run's model or objective changed, use a new workdir.")
+
+  def _move_aside(self, step: int) -> None:
+    if jax.process_index() != 0:
+      return
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(self.directory, UNREADABLE, str(step))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.exists(target):
+      shutil.rmtree(target)
+    os.replace(source, target)
+
+  def _reopen(self) -> None:
+    self._manager.close()
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options,
+                                          item_names=("state", "data"))
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -20,10 +20,12 @@ Several steps can run in one call (`steps_per_call`, a `lax.scan` over stacked b
 with small models this removes the per-step dispatch cost; on accelerators it plays the role of
 host-side training loops.
 
-A step whose loss is not finite changes nothing and records its step number in `bad_step`; every
-later step then leaves the state as it is. The host loop checks `bad_step` when it logs or saves
-and stops with a clear message, so a non-finite loss never trains on and never reaches a
-checkpoint, without a device-to-host sync on every step.
+A step whose loss, gradient norm, updated parameters, model state (batch-norm statistics), loss
+state or optimiser state is not finite changes nothing and records its step number in
+`bad_step`; every later step then leaves the state as it is. A loss can stay finite while its
+gradients are NaN (a distance at a NaN embedding), so the loss alone is not enough. The host loop
+checks `bad_step` when it logs or saves and stops with a clear message, so a non-finite value
+never trains on and never reaches a checkpoint, without a device-to-host sync on every step.
 """
 
 from __future__ import annotations
@@ -91,6 +93,13 @@ def forward_with_seam(model: nn.Module, params: Any, model_state: Any, images: A
   return batch, lambda: current["model_state"]
 
 
+def all_finite(tree: Any) -> Array:
+  """Whether every floating-point entry of `tree` is finite (one boolean, computed on device)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 def make_train_step(model: nn.Module, objective: objectives.Objective,
                     tx: optax.GradientTransformation, *, mesh: Mesh, steps_per_call: int = 1,
                     donate: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -125,14 +134,16 @@ def make_train_step(model: nn.Module, objective: objectives.Objective,
                                batch["image"], batch["label"], sub)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss)
+    grad_norm = optax.tree.norm(grads)
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & all_finite((params, new_model_state, new_loss_state, opt_state)))
     ok = finite & (state.bad_step < 0)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
     new = TrainState(keep(params, state.params), keep(new_model_state, state.model_state),
                      keep(new_loss_state, state.loss_state), keep(opt_state, state.opt_state),
                      state.step + ok.astype(jnp.int32), jnp.where(ok, key, state.key), bad_step)
-    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+    return new, {"loss": loss, "grad_norm": grad_norm, **aux}
 
   def call(state, batch):
     if steps_per_call == 1:
