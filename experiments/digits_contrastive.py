@@ -1,14 +1,5 @@
-"""Digit pairs, small CNN, contrastive loss (margins 0 / 1 on normalised Euclidean distance).
+"""The built-in config `digits_contrastive` (jaxdml/configs/), at this path too."""
 
-    jaxdml train --config experiments/digits_contrastive.py
+from jaxdml.configs.digits_contrastive import get_config
 
-Reference (PyTorch + pytorch-metric-learning, same protocol): MAP@R 0.953.
-"""
-
-from jaxdml.app.config import Config, ObjectiveConfig
-
-
-def get_config() -> Config:
-  return Config(name="digits_contrastive",
-                objective=ObjectiveConfig(loss="contrastive",
-                                          loss_kwargs={"pos_margin": 0.0, "neg_margin": 1.0}))
+__all__ = ["get_config"]

@@ -1,35 +1,5 @@
-"""Proxy-Anchor + HIER, ResNet-50, 512-d, Cars196: the authors' recipe (CVPR 2023).
+"""The built-in config `hier_resnet50_cars` (jaxdml/configs/), at this path too."""
 
-    jaxdml train --config experiments/hier_resnet50_cars.py \
-        --data-dir ~/tensorflow_datasets --pretrained resnet50-0676ba61.pth
+from jaxdml.configs.hier_resnet50_cars import get_config
 
-Weights: torchvision's ImageNet ResNet-50, `ResNet50_Weights.IMAGENET1K_V1`
-(`resnet50-0676ba61.pth`; the official code calls torchvision's `resnet50(pretrained=True)`).
-
-Source: Kim, Jeong, Kwak, "HIER: Metric Learning Beyond Class Labels via Hierarchical
-Regularization", CVPR 2023, and its code, github.com/tjddus9597/HIER-CVPR23 (read at 3986a74):
-  - scripts/Resnet50/hier_Cars.sh (2 GPUs):
-    `--lr 1e-4 --epochs 100 --batch_size 90 --num_hproxies 512 --clip_r 2.3 --hyp_c 0.1
-    --warmup_epochs 1 --weight_decay 1e-2 --use_fp16 True --clip_grad 1.0 --eval_freq 1
-    --lambda1 1 --lambda2 0.5 --topk 20 --mrg 0.1 --dataset Cars --model resnet50 --IPC 2
-    --loss PA --emb 512 --bn_freeze True --use_lastnorm True --optimizer adamw --lr_decay 10
-    --lr_decay_gamma 0.5`.
-  - Everything the HIER configs share (hier/train.py, sampler.py, models/, losses.py,
-    utils.py), and the deviations they share: `recipes.hier` (experiments/recipes.py).
-
-Target (the paper's Table 1, misc/table.png of the repository, HIER R^512):
-Recall@1 88.2 (R@2 93.0, R@4 95.6).
-The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
-evaluation).
-
-Deviations: those every HIER config shares (`recipes.hier`, experiments/recipes.py).
-"""
-
-from experiments import recipes
-from jaxdml.app.config import Config
-
-
-def get_config() -> Config:
-  return recipes.hier("hier_resnet50_cars", "cars196", "resnet50",
-      embedding_dim=512, learning_rate=1e-4, weight_decay=1e-2, epochs=100, warm_epochs=1,
-      decay_step=10, decay_rate=0.5)
+__all__ = ["get_config"]

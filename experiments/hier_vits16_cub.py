@@ -1,41 +1,5 @@
-"""Proxy-Anchor + HIER, ViT-S/16, 128-d, CUB-200-2011: the authors' recipe (CVPR 2023).
+"""The built-in config `hier_vits16_cub` (jaxdml/configs/), at this path too."""
 
-    jaxdml train --config experiments/hier_vits16_cub.py \
-        --data-dir ~/tensorflow_datasets \
-        --pretrained vit_small_patch16_224.augreg_in21k_ft_in1k.safetensors
+from jaxdml.configs.hier_vits16_cub import get_config
 
-Weights: timm's `vit_small_patch16_224.augreg_in21k_ft_in1k` (ImageNet-21k pre-training,
-ImageNet-1k fine-tuning at 224; `model.safetensors` of that Hugging Face repository, renamed).
-The official code calls `timm.create_model("vit_small_patch16_224", pretrained=True)` with the
-pinned timm 0.4.12 (environment.yml). The timm sources of that period map the name to Google's
-augreg checkpoint `S_16-i21k-300ep-...--imagenet2012-steps_20k-lr_0.03-res_224.npz`, the same
-weights (not checked against 0.4.12 itself); the paper's table marks ViT as pre-trained on
-ImageNet-21k.
-
-Source: Kim, Jeong, Kwak, "HIER: Metric Learning Beyond Class Labels via Hierarchical
-Regularization", CVPR 2023, and its code, github.com/tjddus9597/HIER-CVPR23 (read at 3986a74):
-  - scripts/ViT/hier_CUB.sh (2 GPUs):
-    `--lr 1e-5 --epochs 100 --batch_size 90 --num_hproxies 512 --clip_r 2.3 --hyp_c 0.1
-    --warmup_epochs 1 --weight_decay 1e-2 --use_fp16 True --clip_grad 1.0 --eval_freq 1
-    --lambda1 1 --lambda2 0.5 --topk 20 --mrg 0.1 --dataset CUB
-    --model vit_small_patch16_224 --IPC 2 --loss PA --emb 128 --use_lastnorm True
-    --optimizer adamw`.
-  - Everything the HIER configs share (hier/train.py, sampler.py, models/, losses.py,
-    utils.py), and the deviations they share: `recipes.hier` (experiments/recipes.py).
-
-Target (the paper's Table 1, misc/table.png of the repository, HIER V^128):
-Recall@1 84.2 (R@2 90.1, R@4 93.7). Hyp (Ermolov et al.) with the same backbone and
-dimension: 84.0.
-The code logs every evaluation; which epoch the paper reports is not stated (compare with the best
-evaluation).
-
-Deviations: those every HIER config shares (`recipes.hier`, experiments/recipes.py).
-"""
-
-from experiments import recipes
-from jaxdml.app.config import Config
-
-
-def get_config() -> Config:
-  return recipes.hier("hier_vits16_cub", "cub200", "vit_small_patch16",
-      embedding_dim=128, learning_rate=1e-5, weight_decay=1e-2, epochs=100, warm_epochs=1)
+__all__ = ["get_config"]

@@ -1,8 +1,10 @@
-"""The configs in experiments/: each loads and validates; the paper recipes carry the values of
-the authors' code (Proxy-Anchor: tjddus9597/Proxy-Anchor-CVPR2020, multi-similarity:
-msight-tech/research-ms-loss, DAS: lizhaoliu-Lec/DAS, Metrix: billpsomas/Metrix_ICLR22, HIER:
-tjddus9597/HIER-CVPR23; the docstring of each config names the files)."""
+"""The built-in configs (jaxdml/configs/, loaded by name): each loads and validates; the paper
+recipes carry the values of the authors' code (Proxy-Anchor: tjddus9597/Proxy-Anchor-CVPR2020,
+multi-similarity: msight-tech/research-ms-loss, DAS: lizhaoliu-Lec/DAS, Metrix:
+billpsomas/Metrix_ICLR22, HIER: tjddus9597/HIER-CVPR23; the docstring of each config names the
+files)."""
 
+import ast
 import math
 import pathlib
 
@@ -13,12 +15,13 @@ import pytest
 
 from jaxdml import objectives
 from jaxdml.app import build as builders
-from jaxdml.app.config import Config, load
+from jaxdml.app.config import Config, available_configs, load
 from jaxdml.geometry import poincare
 from jaxdml.methods import das as das_lib
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
-CONFIGS = sorted(p for p in EXPERIMENTS.glob("*.py")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+CONFIGS = sorted(p for p in (ROOT / "jaxdml" / "configs").glob("*.py")
                  if p.name not in ("__init__.py", "recipes.py"))
 RECIPES = [p for p in CONFIGS if not p.stem.startswith("digits")]
 PA_MS = [p for p in RECIPES if p.stem.startswith(("ms_", "proxy_anchor_"))]
@@ -46,7 +49,7 @@ PROXY_ANCHOR = {
 
 
 def _load(path: pathlib.Path) -> Config:
-  return load(str(path))
+  return load(path.stem)  # by name, as `jaxdml train --config ms_resnet50_cub` does
 
 
 def _parts(path: pathlib.Path) -> tuple[str, str, str]:
@@ -72,7 +75,21 @@ def test_config_loads_and_validates(path):
   assert isinstance(config, Config)
   builders.build_optimizer(config, steps_per_epoch=10)  # validates the optimiser fields
   builders.build_model(config)  # constructs (no weights): catches conflicting model settings
-  assert f"jaxdml train --config experiments/{path.name}" in path.read_text()
+  assert f"jaxdml train --config {path.stem}" in path.read_text()
+
+
+def test_the_built_in_configs_are_those_load_finds_by_name():
+  assert sorted(available_configs()) == [p.stem for p in CONFIGS]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_the_experiments_file_of_a_built_in_config_is_that_config(path):
+  """experiments/<name>.py keeps the path form working in a checkout; it imports the built-in
+  config rather than holding a second copy."""
+  stub = EXPERIMENTS / path.name
+  tree = ast.parse(stub.read_text())
+  assert not [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+  assert load(str(stub)) == load(path.stem)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -345,7 +362,7 @@ def test_hier_recipe(path):
 
 def test_hyperbolic_recipe_model_has_the_hier_head_and_output_shape():
   """HIER's ViT-S/16 recipe, shapes only (`jax.eval_shape`: traced, not compiled)."""
-  config = _load(EXPERIMENTS / "hier_vits16_cub.py")
+  config = load("hier_vits16_cub")
   model, _ = builders.build_model(config)
   x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)

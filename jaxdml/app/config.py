@@ -28,8 +28,11 @@ strings); pydantic also rebuilds a config from the JSON a run saves (`from_dict`
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import importlib
+import importlib.resources
 import importlib.util
 import json
 import pathlib
@@ -666,22 +669,92 @@ def diff(a: Config, b: Config) -> list[str]:
   return out
 
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
+#: the package of the built-in configs (jaxdml/configs/), found by name in every installation
+BUILTIN_CONFIGS = "jaxdml.configs"
+_CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
+#: a checkout's experiments/ folder (one's own configs); None in an installed package
+EXPERIMENTS = _CHECKOUT / "experiments" if (_CHECKOUT / "pyproject.toml").is_file() else None
+
+
+def _configs_in(folder) -> dict[str, str]:
+  """The configs of `folder` (a path or an `importlib.resources` traversable), read from their
+  source without running it: name -> the first line of its docstring, for each `<name>.py` that
+  binds `get_config` at its top level (defines or imports it)."""
+  out = {}
+  for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+    name = entry.name.removesuffix(".py")
+    if name == entry.name or name.startswith("_") or not entry.is_file():
+      continue
+    try:
+      tree = ast.parse(entry.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError) as e:
+      out[name] = f"(unreadable: {type(e).__name__})"
+      continue
+    bound = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    bound |= {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom)
+              for a in n.names}
+    if "get_config" in bound:
+      doc = (ast.get_docstring(tree) or "").strip()
+      out[name] = doc.splitlines()[0] if doc else ""
+  return out
+
+
+def _builtin_configs() -> dict[str, str]:
+  return _configs_in(importlib.resources.files(BUILTIN_CONFIGS))
+
+
+def available_configs() -> dict[str, str]:
+  """The configs `load` finds by name, each with the first line of its docstring: the built-in
+  ones (`jaxdml.configs`), then those of a checkout's experiments/ that no built-in one shadows.
+
+  >>> available_configs()["digits"]
+  "Digit pairs, small CNN, multi-similarity loss: the README's main run."
+  """
+  found = _builtin_configs()
+  if EXPERIMENTS is not None and EXPERIMENTS.is_dir():
+    for name, description in _configs_in(EXPERIMENTS).items():
+      found.setdefault(name, description)
+  return found
+
+
+def _is_path(spec: str) -> bool:
+  return bool(pathlib.PurePath(spec).suffix) or len(pathlib.PurePath(spec).parts) > 1
 
 
 def load(spec: str | None = None) -> Config:
-  """The `Config` of a config file's `get_config()`, or of a name in experiments/ ("digits").
+  """The `Config` of `spec`'s `get_config()`: a config name ("digits") or a config file's path.
+
+  A name is looked up among the built-in configs (`jaxdml.configs`, imported as modules of the
+  installed package), then in a checkout's experiments/; `available_configs()` lists them. A
+  spec with a suffix or a folder ("experiments/mine.py") is a path. An unknown name raises
+  `FileNotFoundError` naming the closest names and listing them all.
 
   A config file in a folder with an `__init__.py` (experiments/) is imported as a module of that
-  package, so it can import its neighbours (`from experiments import recipes`).
+  package, so it can import its neighbours (`from experiments import common`).
   """
   if spec is None:
     return Config()
-  path = pathlib.Path(spec)
-  if not path.suffix:
-    path = EXPERIMENTS / f"{spec}.py"
-  if not path.exists():
-    raise FileNotFoundError(f"config {spec!r} not found (looked for {path}).")
+  if _is_path(spec):
+    path = pathlib.Path(spec).expanduser()
+    if not path.is_file():
+      hint = ""
+      if path.stem in _builtin_configs():
+        hint = f"; {path.stem!r} is a built-in config: give its name, without a path"
+      raise FileNotFoundError(f"config file {spec!r} not found{hint}.")
+    return _load_file(path)
+  if spec in _builtin_configs():
+    module = importlib.import_module(f"{BUILTIN_CONFIGS}.{spec}")
+    return _config_of(module, f"{BUILTIN_CONFIGS}.{spec}")
+  if EXPERIMENTS is not None and spec in _configs_in(EXPERIMENTS):
+    return _load_file(EXPERIMENTS / f"{spec}.py")
+  names = list(available_configs())
+  close = difflib.get_close_matches(spec, names, n=3, cutoff=0.6)
+  hint = f"; closest: {', '.join(close)}" if close else ""
+  raise FileNotFoundError(f"config {spec!r} not found{hint} (configs: {', '.join(names)}; "
+                          "or the path of a .py file defining get_config()).")
+
+
+def _load_file(path: pathlib.Path) -> Config:
   path = path.resolve()
   package = path.parent.name if (path.parent / "__init__.py").exists() else None
   if package and package.isidentifier():
@@ -698,10 +771,14 @@ def load(spec: str | None = None) -> Config:
   module = importlib.util.module_from_spec(module_spec)
   sys.modules[module_name] = module
   module_spec.loader.exec_module(module)
+  return _config_of(module, str(path))
+
+
+def _config_of(module, where: str) -> Config:
   if not hasattr(module, "get_config"):
-    raise ValueError(f"{path} defines no get_config().")
+    raise ValueError(f"{where} defines no get_config().")
   config = module.get_config()
   if not isinstance(config, Config):
-    raise ValueError(f"{path}: get_config() must return a jaxdml.app.config.Config, got "
+    raise ValueError(f"{where}: get_config() must return a jaxdml.app.config.Config, got "
                      f"{type(config).__name__}.")
   return config

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import pathlib
 
 import pydantic
 import pytest
 
+import jaxdml.configs.digits_das as digits_das_config
+from jaxdml.app import config as config_module
 from jaxdml.app.config import (
     FLAT_ALIASES,
     Config,
@@ -16,6 +19,7 @@ from jaxdml.app.config import (
     ModelConfig,
     ObjectiveConfig,
     apply_overrides,
+    available_configs,
     diff,
     from_dict,
     load,
@@ -26,6 +30,7 @@ from jaxdml.app.config import (
 from jaxdml.methods import das, hier, metrix
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "jaxdml" / "configs"
 
 
 def test_overrides_are_parsed_against_the_field_type():
@@ -165,10 +170,9 @@ def test_a_config_of_the_flat_format_still_loads():
   assert c.objective.methods["das"] == das.recipe("table1", "cars196", "multisimilarity")
 
 
-def test_config_files_and_their_recipes_package(tmp_path):
+def test_config_files_load_by_path(tmp_path):
   c = load(str(EXPERIMENTS / "das_resnet50_cub.py"))
   assert c.name == "das_resnet50_cub" and "das" in c.objective.methods
-  assert load("digits") == load(str(EXPERIMENTS / "digits.py"))
   own = tmp_path / "mine.py"
   own.write_text("from jaxdml.app.config import Config\n\n\ndef get_config():\n"
                  "  return Config(name='mine')\n")
@@ -179,5 +183,84 @@ def test_config_files_and_their_recipes_package(tmp_path):
   (tmp_path / "wrong.py").write_text("def get_config():\n  return {}\n")
   with pytest.raises(ValueError, match="must return a jaxdml.app.config.Config"):
     load(str(tmp_path / "wrong.py"))
+  with pytest.raises(FileNotFoundError, match="config file 'nope/mine.py' not found.$"):
+    load("nope/mine.py")
+
+
+def test_a_name_loads_the_built_in_config_from_the_package():
+  assert load("digits_das") == digits_das_config.get_config()
+  assert load("digits_das").name == "digits_das" and "das" in load("digits_das").objective.methods
+  assert load("digits") == Config(objective=ObjectiveConfig(
+      loss="multi_similarity", loss_kwargs={"alpha": 2.0, "beta": 50.0, "base": 0.5}))
+  # the checkout's experiments/ files of the same names are the built-in configs, by path too
+  assert load(str(EXPERIMENTS / "digits_das.py")) == load("digits_das")
+  assert load(str(EXPERIMENTS / "digits.py")) == load("digits")
+
+
+def test_available_configs_are_the_built_in_modules_with_their_first_docstring_line():
+  found = available_configs()
+  files = sorted(p.stem for p in CONFIGS.glob("*.py") if p.stem not in ("__init__", "recipes"))
+  assert sorted(found) == files and len(files) == 37
+  assert {"digits", "digits_contrastive", "digits_das", "digits_hier", "digits_metrix",
+          "digits_proxy_anchor", "ms_resnet50_cub", "hier_vits16_sop"} <= set(found)
+  for name, description in found.items():
+    module = importlib.import_module(f"jaxdml.configs.{name}")
+    assert description == module.__doc__.splitlines()[0], name
+  assert found["digits"] == "Digit pairs, small CNN, multi-similarity loss: the README's main run."
+
+
+def _own_experiments(tmp_path: pathlib.Path) -> pathlib.Path:
+  """A folder of one's own configs: one using a neighbour, one named like a built-in config, a
+  helper, a private file and a non-Python file."""
+  folder = tmp_path / "own_experiments"
+  folder.mkdir()
+  (folder / "__init__.py").write_text("")
+  (folder / "common.py").write_text("EPOCHS = 3\n")
+  (folder / "mine.py").write_text(
+      '"""My run: three epochs.\n\nMore text.\n"""\n'
+      "from jaxdml.app.config import Config, LoopConfig\n"
+      "from own_experiments import common\n\n\n"
+      "def get_config():\n  return Config(name='mine', loop=LoopConfig(epochs=common.EPOCHS))\n")
+  (folder / "digits.py").write_text(
+      "from jaxdml.app.config import Config\n\n\ndef get_config():\n"
+      "  return Config(name='shadowed')\n")
+  (folder / "_private.py").write_text("def get_config():\n  return None\n")
+  (folder / "notes.txt").write_text("def get_config(): pass\n")
+  return folder
+
+
+def test_a_name_not_built_in_is_looked_up_in_experiments(tmp_path, monkeypatch):
+  folder = _own_experiments(tmp_path)
+  monkeypatch.setattr(config_module, "EXPERIMENTS", folder)
+  c = load("mine")
+  assert (c.name, c.loop.epochs) == ("mine", 3)
+  assert load("digits").name == "digits"  # the built-in config comes first
+  assert load(str(folder / "digits.py")).name == "shadowed"  # its path still loads the file
+  found = available_configs()
+  assert found["mine"] == "My run: three epochs."
+  assert found["digits"].startswith("Digit pairs")
+  assert list(found)[-1] == "mine"  # after the built-in ones
+  assert not {"common", "_private", "notes", "__init__"} & set(found)
+  # an installed package has no experiments/ folder: only the built-in configs
+  monkeypatch.setattr(config_module, "EXPERIMENTS", None)
+  assert "mine" not in available_configs()
+  with pytest.raises(FileNotFoundError, match="config 'mine' not found"):
+    load("mine")
+
+
+def test_an_unknown_name_is_one_line_with_the_closest_names_and_all_names():
+  with pytest.raises(FileNotFoundError) as info:
+    load("digits_dass")
+  message = str(info.value)
+  assert message.startswith("config 'digits_dass' not found; closest: digits_das")
+  assert "\n" not in message
+  assert all(name in message for name in available_configs())
+  with pytest.raises(FileNotFoundError, match="config 'recipes' not found"):
+    load("recipes")  # the recipe builders are not a config
   with pytest.raises(FileNotFoundError, match="not found"):
     load("no_such_config")
+
+
+def test_a_missing_file_named_like_a_built_in_config_points_to_the_name(tmp_path):
+  with pytest.raises(FileNotFoundError, match="'digits_hier' is a built-in config: give its name"):
+    load(str(tmp_path / "digits_hier.py"))

@@ -1,4 +1,4 @@
-"""The published training recipes as config builders (the files in experiments/ call these).
+"""The published training recipes as config builders (the paper configs beside it call these).
 
 They are configs, not library code: each returns a `jaxdml.app.config.Config`.
 
@@ -105,7 +105,7 @@ def das(name: str, dataset: str, *, classes_per_batch: int = 56, weight_decay: f
   embeddings per real one); random resized crop 224 for training, resize 256 + centre crop 224
   for testing.
 
-  Sources shared by every experiments/das_*.py config (github.com/lizhaoliu-Lec/DAS at 4f2a357):
+  Sources shared by every das_*.py config (github.com/lizhaoliu-Lec/DAS at 4f2a357):
     - scripts/standard.py: one parameter group (no `--fc_lr`), Adam's `weight_decay` = `--decay`
       (an L2 penalty added to the gradient).
     - backbone/resnet50.py: "double" = global average + global max pooling (summed), a linear
@@ -119,7 +119,7 @@ def das(name: str, dataset: str, *, classes_per_batch: int = 56, weight_decay: f
     - scripts/_share.py: the test set is evaluated after every epoch (the best e_recall@1 is
       checkpointed).
 
-  Deviations shared by every experiments/das_*.py config:
+  Deviations shared by every das_*.py config:
     - BatchNorm: the official code only keeps the statistics fixed (eval mode) and still trains
       BN's scale and bias; `frozen_bn=True` here fixes those too.
   """
@@ -154,7 +154,7 @@ def metrix(name: str, dataset: str, *, classes_per_batch: int, per_class: int,
   backbone frozen for the `warm_epochs` first epochs, gradients clipped by value at 10; random
   resized crop 224 for training, resize 256 + centre crop 224 for testing.
 
-  Sources shared by every experiments/metrix_*.py config (github.com/billpsomas/Metrix_ICLR22):
+  Sources shared by every metrix_*.py config (github.com/billpsomas/Metrix_ICLR22):
     - Verified in the code read (train.py of the release; main.py and net/feature_resnet.py of
       commit 7ce730c, the only main.py that could be read): gradients clipped by value at 10 on
       the model; feature mixup mixes the ResNet-50 layer4 maps before pooling, then global
@@ -169,7 +169,7 @@ def metrix(name: str, dataset: str, *, classes_per_batch: int, per_class: int,
       mean / std; `--bn_freeze 1` keeps BatchNorm in eval mode with its scale and bias fixed;
       test-set recall after every epoch, the best kept.
 
-  Deviations shared by every experiments/metrix_*.py config:
+  Deviations shared by every metrix_*.py config:
     - Mixed loss: L_clean + 0.4 L_mix with the mixed multi-similarity term on its own soft labels
       (jaxdml.methods.metrix); the release's multi-similarity code with embedding mixup instead adds
       the mixed pairs (weighted by lambda or 1 - lambda, and by 0.4) inside the clean terms'
