@@ -52,8 +52,8 @@ def _layer(module: str) -> int:
            ("jaxdml.targets", 1), ("jaxdml.pairs", 1), ("jaxdml.geometry", 1),
            ("jaxdml.losses", 2), ("jaxdml.miners", 2), ("jaxdml.memory", 2),
            ("jaxdml.objectives", 3), ("jaxdml.methods", 3), ("jaxdml.evaluation", 4),
-           ("jaxdml.models", 5), ("jaxdml.data", 5), ("jaxdml.train", 6), ("jaxdml.app", 7),
-           ("jaxdml.cli", 7), ("jaxdml", 7)]
+           ("jaxdml.index", 4), ("jaxdml.models", 5), ("jaxdml.data", 5), ("jaxdml.train", 6),
+           ("jaxdml.app", 7), ("jaxdml.cli", 7), ("jaxdml", 7)]
   for prefix, layer in order:
     if module == prefix or module.startswith(prefix + "."):
       return layer

@@ -108,13 +108,28 @@ class Checkpointer:
         force=True)
     self._manager.wait_until_finished()
 
+  def _saved_layout(self, step: int) -> Any:
+    """The saved state's arrays as abstract arrays on this process's first device.
+
+    Restoring with the saved shardings fails on another device topology (a run trained on 8
+    devices, loaded on 1), so a target-less restore places everything on one device.
+    """
+    from etils import epath  # noqa: PLC0415 - orbax's path type
+
+    meta = ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory) / str(step) /
+                                                    "state")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        meta.tree)
+
   def restore(self, target: Any = None, step: int | None = None) -> tuple[Any, Any]:
     """Restores checkpoint `step` (default: the latest) into the structure of `target`.
 
     Args:
       target: a train state (or its `jax.eval_shape`) giving the tree structure, shapes, dtypes
         and shardings to restore into; None restores the arrays as saved, in plain containers
-        (dicts and lists), e.g. to inspect a checkpoint without building its model.
+        (dicts and lists), each on this process's first device (whatever devices wrote them),
+        e.g. to inspect a checkpoint or use its model without building the train state.
       step: which checkpoint; None = the latest.
 
     Returns:
@@ -123,7 +138,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}.")
-    abstract = None if target is None else jax.tree.map(
+    abstract = self._saved_layout(step) if target is None else jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         target)
     try:
