@@ -1,18 +1,28 @@
 """Command line.
 
-  jaxdml train [--config FILE|NAME] [flags] [--set path=value ...]  train + evaluate
-  jaxdml eval --workdir DIR                                          evaluate a run's checkpoint
+  jaxdml train [--config NAME|FILE] [flags] [--set path=value ...]  train + evaluate
+  jaxdml train --list-configs                                        the configs found by name
+  jaxdml eval --workdir DIR [--step N] [--log]                       evaluate a run's checkpoint
+  jaxdml embed / index / search                                      use a trained model
 
-A training run writes its config, checkpoints, metrics.jsonl, TensorBoard events, curves.png and
-retrieval.png to its work directory (default runs/<config name>-<time>); running the same command
-with `--workdir` of an interrupted run resumes it from its newest checkpoint.
+A training run writes its config, checkpoints (every epoch and every 10 minutes by default),
+metrics.jsonl, TensorBoard events, curves.png and retrieval.png to its work directory (default
+runs/<config name>-<time>). Running the same command with `--workdir` of an interrupted run
+resumes it from its newest readable checkpoint; a workdir holding a run of another config is
+refused (`--restart` starts over there). Ctrl-C or SIGTERM saves a checkpoint and prints the
+command that resumes.
+
+Exit status: 0 done, 2 bad input (one line on stderr), 3 training diverged (NaN or infinite
+values), 130 / 143 interrupted by SIGINT / SIGTERM (a checkpoint was saved).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
+import shlex
 import sys
 import time
 
@@ -25,10 +35,22 @@ FLAGS = {"loss": "objective.loss", "miner": "objective.miner", "epochs": "loop.e
          "num_devices": "loop.num_devices", "num_workers": "data.num_workers",
          "workdir": "loop.workdir"}
 
+EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def _version() -> str:
+  from importlib import metadata  # noqa: PLC0415
+  try:
+    return metadata.version("jaxdml")
+  except metadata.PackageNotFoundError:
+    return "unknown (not installed)"
+
 
 def _errors():
   import pydantic  # noqa: PLC0415
-  return (ValueError, TypeError, FileNotFoundError, pydantic.ValidationError)
+  return (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError,
+          pydantic.ValidationError)
 
 
 def _message(e: Exception) -> str:
@@ -56,104 +78,209 @@ def _config_from_args(args):
   return config
 
 
-def _train(args) -> int:
-  from jaxdml.app.experiment import run  # noqa: PLC0415
-  from jaxdml.train import NonFiniteLossError  # noqa: PLC0415
+def check_output_path(path: str | None) -> None:
+  """Creates the folder of an `--output` file and checks it can be written, before any work."""
+  if not path:
+    return
+  target = pathlib.Path(path)
+  if target.is_dir():
+    raise IsADirectoryError(f"--output {path}: is a folder; give a file name, e.g. "
+                            f"{target / 'metrics.json'}.")
   try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise NotADirectoryError(f"--output {path}: cannot create its folder ({e}).") from None
+  if not os.access(target.parent, os.W_OK):
+    raise PermissionError(f"--output {path}: its folder {target.parent} is not writable.")
+
+
+def resume_command(argv: list[str], workdir: str) -> str:
+  """The command that resumes the run of `argv` in `workdir` (`argv` with `--workdir` set)."""
+  out, skip = [], False
+  for i, a in enumerate(argv):
+    if skip:
+      skip = False
+      continue
+    if a in ("--workdir", "--restart", "--no-workdir") or a.startswith("--workdir="):
+      skip = a == "--workdir" and i + 1 < len(argv)
+      continue
+    out.append(a)
+  if not out or out[0] != "train":
+    out = ["train", *out]
+  return shlex.join(["jaxdml", *out, "--workdir", workdir])
+
+
+def _train(args, argv: list[str]) -> int:
+  from jaxdml.app.config import available_configs  # noqa: PLC0415
+  if args.list_configs:
+    found = available_configs()
+    width = max(map(len, found)) + 2
+    for name, description in found.items():
+      print(name.ljust(width) + description)
+    return 0
+  from jaxdml.app.experiment import run  # noqa: PLC0415
+  from jaxdml.train import NonFiniteLossError, TrainingInterrupted  # noqa: PLC0415
+  config = None
+  try:
+    check_output_path(args.output)
     config = _config_from_args(args)
-    result = run(config, progress=not args.no_progress)
+    result = run(config, progress=not args.no_progress, restart=args.restart)
   except NonFiniteLossError as e:
     print(f"training stopped: {e}", file=sys.stderr)
-    return 3
-  except _errors() as e:
+    return EXIT_DIVERGED
+  except TrainingInterrupted as e:
+    print(f"\n{e}", file=sys.stderr)
+    if e.checkpoint_step is not None:
+      print(f"resume with:\n  {resume_command(argv, config.loop.workdir)}", file=sys.stderr)
+    return EXIT_SIGNAL.get(e.signal_name, 1)
+  except (*_errors(), OSError) as e:
     print(f"error: {_message(e)}", file=sys.stderr)
-    return 2
+    return EXIT_BAD_INPUT
   _write_output(args.output, result)
   return 0
 
 
 def _write_output(path, result) -> None:
   if path:
-    out = {"metrics": result["metrics"], "final": result["final"],
-           "train_seconds": result["train_seconds"],
-           "compile_seconds": result["compile_seconds"], "config": result["config"],
-           "resumed_from": result["resumed_from"]}
+    keys = ("metrics", "final", "train_seconds", "compile_seconds", "config", "resumed_from",
+            "step")
+    out = {k: result[k] for k in keys if k in result}
     pathlib.Path(path).write_text(json.dumps(out, indent=2))
 
 
 def _eval(args) -> int:
   from jaxdml.app import config as cfg  # noqa: PLC0415
-  from jaxdml.app.experiment import load_run_config, run  # noqa: PLC0415
+  from jaxdml.app.experiment import evaluate, load_run_config  # noqa: PLC0415
   try:
+    check_output_path(args.output)
     config = cfg.apply_overrides(load_run_config(args.workdir), list(args.set or []))
     config = cfg.set_value(config, "loop.workdir", args.workdir)
-    result = run(config, progress=False, eval_only=True)
-  except _errors() as e:
+    result = evaluate(config, step=args.step, log=args.log)
+  except (*_errors(), OSError) as e:
     print(f"error: {_message(e)}", file=sys.stderr)
-    return 2
+    return EXIT_BAD_INPUT
   _write_output(args.output, result)
   return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="jaxdml", description="Deep metric learning in JAX.")
-  sub = parser.add_subparsers(dest="command")
-  train = sub.add_parser("train", help="train and evaluate (default: the digit-pairs benchmark)")
-  train.add_argument("--config", default=None,
-                     help="config file or name in experiments/ (default: digits)")
+def _defaults() -> dict:
+  """The default config's values by dotted path (for the help texts)."""
+  from jaxdml.app.config import Config, to_dict  # noqa: PLC0415
+  out = {}
+
+  def rec(node, prefix):
+    for key, value in node.items():
+      path = f"{prefix}.{key}" if prefix else key
+      if isinstance(value, dict) and key not in ("loss_kwargs", "miner_kwargs", "methods"):
+        rec(value, path)
+      else:
+        out[path] = value
+
+  rec(to_dict(Config()), "")
+  return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+  defaults = _defaults()
+
+  def d(path: str) -> str:
+    return f"(default: the config's; {defaults[path]!r} for digits)"
+
+  parser = argparse.ArgumentParser(
+      prog="jaxdml", description="Deep metric learning in JAX: train, evaluate, embed, search.",
+      epilog="`jaxdml <command> --help` describes a command's options.")
+  parser.add_argument("--version", action="version", version=f"jaxdml {_version()}")
+  sub = parser.add_subparsers(dest="command", metavar="command")
+  train = sub.add_parser(
+      "train", help="train and evaluate (the digit-pairs benchmark by default)",
+      description="Train and evaluate a run. Flags set config fields; --set sets any field.")
+  train.add_argument("--config", default="digits",
+                     help="a config name (see --list-configs) or the path of a .py file with "
+                     "get_config() (default: digits)")
+  train.add_argument("--list-configs", action="store_true",
+                     help="list the configs found by name, then exit")
   train.add_argument("--loss", help="loss name, e.g. multi_similarity, contrastive, triplet, "
-                     "proxy_anchor, arcface")
-  train.add_argument("--miner", help="batch_hard, semihard, multi_similarity, distance_weighted")
-  train.add_argument("--epochs", type=int)
-  train.add_argument("--embedding-dim", dest="embedding_dim", type=int)
-  train.add_argument("--classes-per-batch", dest="classes_per_batch", type=int)
-  train.add_argument("--per-class", dest="per_class", type=int)
-  train.add_argument("--learning-rate", dest="learning_rate", type=float)
-  train.add_argument("--seed", type=int)
+                     f"proxy_anchor, arcface {d('objective.loss')}")
+  train.add_argument("--miner", help="batch_hard, semihard, multi_similarity, distance_weighted "
+                     f"{d('objective.miner')}")
+  train.add_argument("--epochs", type=int, help=f"passes over the training set {d('loop.epochs')}")
+  train.add_argument("--embedding-dim", dest="embedding_dim", type=int,
+                     help=f"embedding size {d('model.embedding_dim')}")
+  train.add_argument("--classes-per-batch", dest="classes_per_batch", type=int,
+                     help=f"classes in a batch {d('data.classes_per_batch')}")
+  train.add_argument("--per-class", dest="per_class", type=int,
+                     help=f"images per class in a batch {d('data.per_class')}")
+  train.add_argument("--learning-rate", dest="learning_rate", type=float,
+                     help=f"base learning rate {d('optim.learning_rate')}")
+  train.add_argument("--seed", type=int, help=f"parameters, batches and keys {d('seed')}")
   train.add_argument("--dataset", help="digit_pairs, cub200, cars196, sop, inshop, image_folder, "
-                     "dyml_vehicle, dyml_animal, dyml_product")
+                     f"dyml_vehicle, dyml_animal, dyml_product {d('data.dataset')}")
   train.add_argument("--data-dir", dest="data_dir", help="TFDS data dir, or an image folder "
-                     "root with train/ and test/")
+                     f"root with train/ and test/ {d('data.data_dir')}")
   train.add_argument("--manual-dir", dest="manual_dir",
-                     help="manually downloaded archives (In-shop, DyML)")
+                     help=f"manually downloaded archives (In-shop, DyML) {d('data.manual_dir')}")
   train.add_argument("--model", help="small_cnn, resnet18/34/50/101, bn_inception, "
-                     "vit_small_patch16, deit_small_patch16")
-  train.add_argument("--pretrained", help="backbone weight file (.pth, .safetensors, .npz)")
-  train.add_argument("--image-size", dest="image_size", type=int)
-  train.add_argument("--num-devices", dest="num_devices", type=int)
-  train.add_argument("--num-workers", dest="num_workers", type=int)
-  train.add_argument("--workdir", help="run directory (resumed when it holds a checkpoint)")
+                     f"vit_small_patch16, deit_small_patch16 {d('model.name')}")
+  train.add_argument("--pretrained", help="backbone weight file (.pth, .safetensors, .npz) "
+                     f"{d('model.pretrained')}")
+  train.add_argument("--image-size", dest="image_size", type=int,
+                     help=f"training crop size {d('data.image_size')}")
+  train.add_argument("--num-devices", dest="num_devices", type=int,
+                     help=f"data-parallel devices, None = all {d('loop.num_devices')}")
+  train.add_argument("--num-workers", dest="num_workers", type=int,
+                     help=f"input pipeline worker processes {d('data.num_workers')}")
+  train.add_argument("--workdir", help="run directory; resumed when it holds a checkpoint of "
+                     "the same config (default: runs/<config name>-<time>)")
+  train.add_argument("--restart", action="store_true",
+                     help="start over in --workdir even if it holds a run of another config "
+                     "(its files are moved to <workdir>/replaced-<time>/)")
   train.add_argument("--no-workdir", action="store_true",
-                     help="write nothing (no checkpoints, logs or plots)")
+                     help="write nothing (no checkpoints, logs or plots; nothing to resume)")
   train.add_argument("--distributed", action="store_true",
                      help="call jax.distributed.initialize() first (multi-host TPU/GPU)")
   train.add_argument("--set", action="append", metavar="PATH=VALUE",
                      help="override a config field by its dotted path, parsed against the "
                      "field's type, e.g. --set optim.learning_rate=3e-4, --set "
                      "objective.methods=das,hier, --set objective.hier.num_proxies=64, --set "
-                     "objective.loss_kwargs.neg_margin=0.5")
-  train.add_argument("--output", help="write metrics and timings as JSON to this file")
+                     "objective.loss_kwargs.neg_margin=0.5 (repeatable)")
+  train.add_argument("--output", help="also write metrics and timings as JSON to this file "
+                     "(its folder is created; default: none)")
   train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-  ev = sub.add_parser("eval", help="evaluate the newest checkpoint of a run directory")
-  ev.add_argument("--workdir", required=True)
+  ev = sub.add_parser("eval", help="evaluate a checkpoint of a run (writes nothing into it)",
+                      description="Evaluate a checkpoint of a run directory. Nothing is written "
+                      "into the run unless --log.")
+  ev.add_argument("--workdir", required=True, help="the run directory")
+  ev.add_argument("--step", type=int, help="the checkpoint step (default: the newest)")
+  ev.add_argument("--log", action="store_true",
+                  help="append the metrics to the run's metrics.jsonl at that step")
   ev.add_argument("--set", action="append", metavar="PATH=VALUE",
                   help="override config fields (e.g. data.data_dir, eval.batch_size)")
-  ev.add_argument("--output", help="write metrics as JSON to this file")
-  ev.add_argument("--distributed", action="store_true")
+  ev.add_argument("--output", help="write the metrics as JSON to this file (default: none)")
+  ev.add_argument("--distributed", action="store_true",
+                  help="call jax.distributed.initialize() first")
+  try:  # TEMPORARY
+    from jaxdml.app import inference_cli  # noqa: PLC0415
+    inference_cli.add_commands(sub)
+  except ImportError:
+    pass
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = build_parser()
   args = parser.parse_args(argv)
   if args.command is None:
-    args = parser.parse_args(["train"] + (argv or []))
+    parser.print_help()
+    return 0
   if getattr(args, "distributed", False):
-    import jax
+    import jax  # noqa: PLC0415
     jax.distributed.initialize()
   if args.command == "train":
-    if args.config is None:
-      args.config = "digits"
-    return _train(args)
+    return _train(args, argv)
   if args.command == "eval":
     return _eval(args)
-  parser.print_help()
-  return 1
+  return args.handler(args)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ benchmark's reference recipe (shared with its PyTorch reference): the small CNN,
 margins at 100x without decay), 20 epochs of 31 batches of 16 classes x 4 images.
 
 The methods of the objective are `objective.methods`, an ordered mapping from a method's name
-(`jaxdml.methods.BY_NAME`) to its own `Settings`, innermost first: `{"das": das.Settings(),
-"metrix": metrix.Settings()}` is Metrix around DAS around the core loss.
+(`jaxdml.methods.BY_NAME`, or one a config file registered with `register_method`) to its own
+`Settings`, innermost first: `{"das": das.Settings(), "metrix": metrix.Settings()}` is Metrix
+around DAS around the core loss. A config file may define its own loss (`register_loss`); the run
+records the file in `Config.plugins` so that resuming and evaluation import it again.
 
 Overrides address a field by its dotted path and parse the text against the field's type:
 
@@ -34,11 +36,12 @@ import difflib
 import importlib
 import importlib.resources
 import importlib.util
+import inspect
 import json
 import pathlib
 import sys
 import typing
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import pydantic
 import pydantic.dataclasses
@@ -110,15 +113,21 @@ class ModelConfig:
 
   Attributes:
     name: "small_cnn" (digit pairs) or an image backbone.
-    pretrained: backbone weight file (.pth / .safetensors / .npz).
+    pretrained: backbone weight file (.pth / .safetensors / .npz); image backbones only.
     embedding_dim: output size.
-    pooling: avg, max, avg+max, gem (CNNs); cls, tokens_avg (ViT); None: avg / cls.
-    frozen_bn, layer_norm, normalize_embeddings: batch norm frozen, a layer norm after the
-      embedding layer, L2-normalised output (Euclidean head).
-    compute_dtype: "float32" or "bfloat16".
+    pooling: avg, max, avg+max, gem (CNN backbones); also cls, tokens_avg (ViTs); None: avg /
+      cls. Image backbones only.
+    frozen_bn, layer_norm, normalize_embeddings: batch norm frozen (resnet*, bn_inception), a
+      layer norm after the embedding layer (image backbones), L2-normalised output (Euclidean
+      head).
+    compute_dtype: "float32" or "bfloat16" (image backbones).
     conv_impl: the small CNN's convolutions, "im2col" (fast on CPU) or "xla".
     head: "linear" (L2-normalised) or "hyperbolic" (Poincare ball: HIER, Hyp-ViT).
     poincare_c, clip_r: the hyperbolic head's ball and feature clipping.
+
+  An option that the chosen model (or head) does not use is an error when it is set to other
+  than its default, e.g. `model.frozen_bn=true` with small_cnn or `model.conv_impl=xla` with
+  resnet50.
   """
 
   name: Literal[MODELS] = "small_cnn"
@@ -139,11 +148,9 @@ class ModelConfig:
     for name in ("poincare_c", "clip_r"):
       if not getattr(self, name) > 0:
         raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
-    if self.name == "small_cnn" and self.pretrained:
-      raise ValueError("the small CNN has no pretrained weights; unset model.pretrained.")
-    if self.name == "small_cnn" and self.pooling is not None:
-      raise ValueError("the small CNN embeds its flattened feature map (no pooling); unset "
-                       "model.pooling.")
+    problem = _unused_model_option(self)
+    if problem:
+      raise ValueError(problem)
 
   @property
   def ball(self) -> tuple[float, float] | None:
@@ -151,12 +158,134 @@ class ModelConfig:
     return (self.poincare_c, self.clip_r) if self.head == "hyperbolic" else None
 
 
+#: Pooling of a CNN backbone's feature map (`jaxdml.models.heads.POOLING_METHODS` less the two
+#: that need a ViT's tokens).
+CNN_POOLING = ("avg", "max", "avg+max", "gem")
+VIT_MODELS = ("vit_small_patch16", "deit_small_patch16")
+_ORDER_HINT = " (when changing model.name or model.head too, set those first)"
+
+
+def _unused_model_option(m: ModelConfig) -> str | None:
+  """Why a model option is set (to other than its default) that the chosen model does not use,
+  or None; `jaxdml.app.build.build_model` lists which model reads which option."""
+  default = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+  changed = lambda name: getattr(m, name) != default[name]  # noqa: E731
+  if m.name == "small_cnn":
+    if m.pretrained:
+      return "the small CNN has no pretrained weights; unset model.pretrained."
+    if m.pooling is not None:
+      return ("the small CNN embeds its flattened feature map (no pooling); unset "
+              f"model.pooling (it applies to the image backbones){_ORDER_HINT}.")
+    why = {"frozen_bn": "the small CNN has no batch norm",
+           "layer_norm": "the small CNN's head has no layer norm",
+           "compute_dtype": "the small CNN computes in float32 only"}
+    for name, reason in why.items():
+      if changed(name):
+        return (f"{reason}, so model.{name} does not apply to small_cnn; unset it"
+                f"{_ORDER_HINT}.")
+  else:
+    if changed("conv_impl"):
+      return (f"model.conv_impl applies to small_cnn only, {m.name} does not use it; unset it"
+              f"{_ORDER_HINT}.")
+    if m.name in VIT_MODELS and changed("frozen_bn"):
+      return (f"a ViT has no batch norm, so model.frozen_bn does not apply to {m.name} (it "
+              "applies to resnet* and bn_inception); unset it.")
+    if m.name not in VIT_MODELS and m.pooling not in (None, *CNN_POOLING):
+      return (f"model.pooling={m.pooling!r} pools a ViT's tokens; {m.name} gives a feature map: "
+              f"model.pooling must be one of {', '.join(CNN_POOLING)} (or unset: avg).")
+  if m.head != "hyperbolic":
+    for name in ("poincare_c", "clip_r"):
+      if changed(name):
+        return (f"model.{name} applies to the hyperbolic head only (model.head="
+                f"'hyperbolic'), the {m.head} head does not use it; unset it{_ORDER_HINT}.")
+  return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses and methods defined in config files
+# ------------------------------------------------------------------------------------------------
+
+_USER_LOSSES: dict[str, Callable[..., objectives.Objective]] = {}
+_USER_METHODS: dict[str, Any] = {}
+_SOURCE: dict[tuple[str, str], str] = {}  # ("loss" | "method", name) -> the file that registered it
+_IMPORTING: str | None = None  # the config file being imported
+
+
+def register_loss(name: str, build: Callable[..., objectives.Objective]) -> None:
+  """Makes a loss defined in a config file usable as `objective.loss = name`.
+
+  Call it at the top level of the config file that defines the loss: the run records the file
+  (`Config.plugins`), so resuming, `jaxdml eval` and `jaxdml.load` import it again.
+
+  Args:
+    name: the loss's name (not a core loss's name).
+    build: `build(setup: jaxdml.objectives.Setup, **loss_kwargs) -> Objective`; its keyword
+      arguments are what `objective.loss_kwargs` may hold.
+  """
+  if name in objectives.names() or name in objectives.ALIASES:
+    raise ValueError(f"register_loss: {name!r} is a core loss; choose another name.")
+  if not callable(build):
+    raise TypeError(f"register_loss({name!r}): build must be callable, got {build!r}.")
+  _USER_LOSSES[name] = build
+  _remember_source("loss", name)
+
+
+def _remember_source(kind: str, name: str) -> None:
+  if _IMPORTING is not None:
+    _SOURCE[(kind, name)] = _IMPORTING
+  else:
+    _SOURCE.pop((kind, name), None)
+
+
+def register_method(name: str, method: Any) -> None:
+  """Makes a method defined in a config file usable in `objective.methods`.
+
+  Args:
+    name: the method's name (its config section, `objective.<name>.<field>`).
+    method: any object with `Settings` (a dataclass) and `build(inner, settings, setup) ->
+      Objective`, such as a module or a `types.SimpleNamespace`.
+  """
+  if name in methods.BY_NAME:
+    raise ValueError(f"register_method: {name!r} is a built-in method; choose another name.")
+  if not (dataclasses.is_dataclass(getattr(method, "Settings", None))
+          and callable(getattr(method, "build", None))):
+    raise TypeError(f"register_method({name!r}): the method needs a dataclass `Settings` and a "
+                    "`build(inner, settings, setup)`.")
+  _USER_METHODS[name] = method
+  _remember_source("method", name)
+
+
+def method_registry() -> dict[str, Any]:
+  """The built-in methods and those config files registered, by name."""
+  return {**methods.BY_NAME, **_USER_METHODS}
+
+
+def _plugins_of(objective: ObjectiveConfig) -> tuple[str, ...]:
+  """The config files that registered the losses and methods `objective` uses."""
+  used = [("loss", objective.loss)] + [("method", m) for m in objective.methods]
+  return tuple(dict.fromkeys(_SOURCE[u] for u in used if u in _SOURCE))
+
+
+def _check_user_loss(name: str, loss_kwargs: dict, miner: str | None) -> None:
+  if miner is not None:
+    raise ValueError(f"objective.miner: the loss {name!r} is defined in a config file; mine "
+                     "inside its objective instead.")
+  params = inspect.signature(_USER_LOSSES[name]).parameters.values()
+  if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
+    return
+  allowed = {p.name for p in params} - {"setup"}
+  unknown = sorted(set(loss_kwargs) - allowed)
+  if unknown:
+    raise ValueError(f"objective.loss_kwargs: unknown keyword argument(s) {unknown} of the loss "
+                     f"{name!r}; it takes {sorted(allowed)}.")
+
+
 def _method_entry(name: str):
-  if name not in methods.BY_NAME:
-    close = difflib.get_close_matches(name, list(methods.BY_NAME), n=1)
+  if name not in method_registry():
+    close = difflib.get_close_matches(name, list(method_registry()), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown method {name!r}{hint} Methods: {sorted(methods.BY_NAME)}.")
-  return methods.BY_NAME[name]
+    raise ValueError(f"unknown method {name!r}{hint} Methods: {sorted(method_registry())}.")
+  return method_registry()[name]
 
 
 def method_settings(name: str, value: Any) -> Any:
@@ -198,8 +327,11 @@ class ObjectiveConfig:
   methods: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
-    name = objectives.check_loss(self.loss, self.loss_kwargs, self.miner, self.miner_kwargs)
-    object.__setattr__(self, "loss", name)
+    if self.loss in _USER_LOSSES:
+      _check_user_loss(self.loss, self.loss_kwargs, self.miner)
+    else:
+      name = objectives.check_loss(self.loss, self.loss_kwargs, self.miner, self.miner_kwargs)
+      object.__setattr__(self, "loss", name)
     object.__setattr__(self, "methods", {k: method_settings(k, v)
                                          for k, v in self.methods.items()})
 
@@ -259,8 +391,13 @@ class LoopConfig:
     epochs: passes over the training set.
     num_devices: data-parallel devices (None: all).
     steps_per_call: steps per jitted call (None: a whole epoch for in-memory data, else 1).
-    workdir: checkpoints, logs and plots (resumed when it holds a checkpoint).
-    checkpoint_every_epochs, keep_checkpoints: periodic checkpoints (None: only at the end).
+    workdir: checkpoints, logs and plots (resumed when it holds a checkpoint of the same
+      config; a differing config is refused).
+    checkpoint_every_epochs: save a checkpoint every this many epochs (None: not by epoch).
+    checkpoint_every_minutes: also save when this much wall time has passed since the last
+      save, whichever comes first (None: not by time). A checkpoint is always written at the
+      end, and on SIGINT / SIGTERM.
+    keep_checkpoints: newest checkpoints kept (an older one is used if the newest is damaged).
     eval_every_epochs: periodic evaluation (None: only at the end).
     log_every: steps between loss logs.
     tensorboard: also write TensorBoard event files (metrics.jsonl always).
@@ -270,7 +407,8 @@ class LoopConfig:
   num_devices: int | None = None
   steps_per_call: int | None = None
   workdir: str | None = None
-  checkpoint_every_epochs: int | None = None
+  checkpoint_every_epochs: int | None = 1
+  checkpoint_every_minutes: float | None = 10.0
   keep_checkpoints: int = 3
   eval_every_epochs: int | None = None
   log_every: int = 50
@@ -280,6 +418,9 @@ class LoopConfig:
     _at_least(self, ("epochs", "keep_checkpoints", "log_every"))
     _at_least(self, ("num_devices", "steps_per_call", "checkpoint_every_epochs",
                      "eval_every_epochs"), allow_none=True)
+    if self.checkpoint_every_minutes is not None and not self.checkpoint_every_minutes > 0:
+      raise ValueError("loop.checkpoint_every_minutes must be > 0 or None, got "
+                       f"{self.checkpoint_every_minutes}.")
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_SECTION)
@@ -304,7 +445,12 @@ class EvalConfig:
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_SECTION)
 class Config:
-  """A metric-learning run (see the module docstring)."""
+  """A metric-learning run (see the module docstring).
+
+  `plugins` lists the config files that define the run's own losses or methods
+  (`register_loss`, `register_method`); it is filled in when a config using them is built, and
+  `from_dict` imports them before reading the rest.
+  """
 
   name: str = "digits"
   seed: int = 0
@@ -314,8 +460,11 @@ class Config:
   optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
   loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
   eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+  plugins: tuple[str, ...] = ()
 
   def __post_init__(self):
+    object.__setattr__(self, "plugins", tuple(dict.fromkeys(
+        [*self.plugins, *_plugins_of(self.objective)])))
     if self.data.per_class < 2 and self.objective.loss not in objectives.PROXY_LOSSES:
       raise ValueError("pair losses need data.per_class >= 2 (a batch without positives learns "
                        "nothing).")
@@ -334,12 +483,18 @@ class Config:
 def build_objective(config: Config, num_classes: int) -> objectives.Objective:
   """The objective of `config`: the core loss, then each method around it, in order."""
   obj_cfg = config.objective
-  obj = objectives.core(obj_cfg.loss, num_classes=num_classes, dim=config.model.embedding_dim,
-                        miner=obj_cfg.miner, miner_kwargs=obj_cfg.miner_kwargs,
-                        **obj_cfg.loss_kwargs)
   setup = config.setup(num_classes)
+  if obj_cfg.loss in _USER_LOSSES:
+    obj = _USER_LOSSES[obj_cfg.loss](setup, **obj_cfg.loss_kwargs)
+    if not isinstance(obj, objectives.Objective):
+      raise TypeError(f"the loss {obj_cfg.loss!r} registered by a config file must build a "
+                      f"jaxdml.objectives.Objective, got {type(obj).__name__}.")
+  else:
+    obj = objectives.core(obj_cfg.loss, num_classes=num_classes,
+                          dim=config.model.embedding_dim, miner=obj_cfg.miner,
+                          miner_kwargs=obj_cfg.miner_kwargs, **obj_cfg.loss_kwargs)
   for name, settings in obj_cfg.methods.items():
-    obj = methods.BY_NAME[name].build(obj, settings, setup)
+    obj = method_registry()[name].build(obj, settings, setup)
   return obj
 
 
@@ -468,11 +623,11 @@ def _set_methods(node: ObjectiveConfig, raw: str, path: str) -> ObjectiveConfig:
     names = value
   else:
     raise ConfigError(f"{path}={raw!r}: expected method names, innermost first, e.g. das,hier "
-                      f"(methods: {', '.join(methods.BY_NAME)}).")
+                      f"(methods: {', '.join(method_registry())}).")
   for name in names:
-    if name not in methods.BY_NAME:
+    if name not in method_registry():
       raise ConfigError(f"{path}={raw!r}: " + _unknown("jaxdml.methods", name,
-                                                       list(methods.BY_NAME)).replace(
+                                                       list(method_registry())).replace(
                                                            "has no field", "has no method"))
   return dataclasses.replace(node, methods={n: node.methods.get(n) for n in names})
 
@@ -488,9 +643,9 @@ def _set(node: Any, parts: list[str], raw: str, path: str, where: str) -> Any:
     raise ConfigError(f"{path}={raw!r}: {where} is a value, not a section.")
   fields = [f.name for f in dataclasses.fields(node)]
   if isinstance(node, ObjectiveConfig) and head not in fields:
-    if head not in methods.BY_NAME:
+    if head not in method_registry():
       raise ConfigError(f"{path}={raw!r}: " + _unknown(where, head, fields + [
-          f"{m} (a method)" for m in methods.BY_NAME]))
+          f"{m} (a method)" for m in method_registry()]))
     if head not in node.methods:
       on = ",".join([*node.methods, head])
       raise ConfigError(f"{path}={raw!r}: {here} is off (objective.methods = "
@@ -563,7 +718,7 @@ def apply_overrides(config: Config, assignments: list[str], *, values: dict | No
                         "optim.learning_rate=3e-4).")
     path, raw = item.split("=", 1)
     path = path.strip().replace("-", "_")
-    if path in methods.BY_NAME:
+    if path in method_registry():
       raise ConfigError(f"{item!r}: methods are now objective.methods, e.g. --set "
                         f"objective.methods={path} and --set objective.{path}.<field>=<value>.")
     if path in FLAT_ALIASES:
@@ -609,6 +764,7 @@ def from_dict(raw: dict) -> Config:
   """
   if "data" not in raw and any(key in FLAT_ALIASES for key in raw):
     raw = _from_flat(raw)
+  import_plugins(raw.get("plugins") or ())
   try:
     return pydantic.TypeAdapter(Config).validate_python(raw)
   except pydantic.ValidationError as e:
@@ -756,6 +912,13 @@ def load(spec: str | None = None) -> Config:
 
 def _load_file(path: pathlib.Path) -> Config:
   path = path.resolve()
+  return _config_of(_import_file(path), str(path))
+
+
+def _import_file(path: pathlib.Path):
+  """Imports a config file as a module; losses and methods it registers remember the file."""
+  global _IMPORTING
+  path = path.resolve()
   package = path.parent.name if (path.parent / "__init__.py").exists() else None
   if package and package.isidentifier():
     if package not in sys.modules:
@@ -770,8 +933,21 @@ def _load_file(path: pathlib.Path) -> Config:
   module_spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(module_spec)
   sys.modules[module_name] = module
-  module_spec.loader.exec_module(module)
-  return _config_of(module, str(path))
+  outer, _IMPORTING = _IMPORTING, str(path)
+  try:
+    module_spec.loader.exec_module(module)
+  finally:
+    _IMPORTING = outer
+  return module
+
+
+def import_plugins(paths) -> None:
+  """Imports the config files that defined a run's own losses or methods (`Config.plugins`)."""
+  for path in paths:
+    if not pathlib.Path(path).is_file():
+      raise ConfigError(f"plugins: {path} defined this run's own loss or method and no longer "
+                        "exists; restore it (or pass the moved file with --config).")
+    _import_file(pathlib.Path(path))
 
 
 def _config_of(module, where: str) -> Config:

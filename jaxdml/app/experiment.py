@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable
+import shutil
+import time
+from typing import Callable, NamedTuple
 
 import jax
+import numpy as np
 
 from jaxdml.app import build
-from jaxdml.app.config import Config, ConfigError, from_dict, to_dict
+from jaxdml.app.config import Config, ConfigError, diff, from_dict, to_dict
 from jaxdml.app.tasks import Task
 from jaxdml.train.evaluate import Embedder
 from jaxdml.train.loop import train
+from jaxdml.train.sharding import replicated
 
 REPORT_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "recall@10", "recall@20", "map@r",
                "r_precision", "nmi")
@@ -61,48 +65,122 @@ def load_run_config(workdir: str | os.PathLike) -> Config:
     raise ConfigError(f"{path}: {e}") from None
 
 
-def prepare_workdir(config: Config, eval_only: bool) -> int | None:
-  """Writes config.json; for `eval_only` returns the newest checkpoint step (the run's length)."""
+#: config fields that may differ between a run and the command resuming it: where things are
+#: read from or written to, how often to log, save and evaluate, and how to evaluate. Everything
+#: else (including loop.epochs, which sets the learning-rate schedule) must match.
+RESUMABLE_CHANGES = ("loop.workdir", "loop.num_devices", "loop.log_every", "loop.tensorboard",
+                     "loop.eval_every_epochs", "loop.checkpoint_every_epochs",
+                     "loop.checkpoint_every_minutes", "loop.keep_checkpoints", "data.data_dir",
+                     "data.manual_dir", "data.num_workers", "data.undecodable", "eval.")
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir holds a run of another config; it is not resumed (nor overwritten)."""
+
+  def __init__(self, message: str, fields: list[str]):
+    super().__init__(message)
+    self.fields = fields
+
+
+def _resumable(path: str) -> bool:
+  return any(path == f or (f.endswith(".") and path.startswith(f)) for f in RESUMABLE_CHANGES)
+
+
+def _value_at(config: Config, path: str):
+  node = to_dict(config)
+  for part in path.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return "<unset>"
+    node = node[part]
+  return node
+
+
+def config_changes(saved: Config, config: Config) -> list[str]:
+  """The fields in which `config` differs from the run `saved` in a way resuming cannot honour,
+  as "path: saved -> new" lines."""
+  return [f"{path}: {_value_at(saved, path)!r} -> {_value_at(config, path)!r}"
+          for path in diff(saved, config) if not _resumable(path)]
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  root = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(root) and any(name.isdigit() for name in os.listdir(root))
+
+
+def _move_previous_run(workdir: str) -> str:
+  """Moves a run's files in `workdir` into `workdir/replaced-<time>/`; returns that folder."""
+  target = os.path.join(workdir, "replaced-" + time.strftime("%Y%m%d-%H%M%S"))
+  os.makedirs(target)
+  for name in os.listdir(workdir):
+    if not name.startswith("replaced-"):
+      shutil.move(os.path.join(workdir, name), os.path.join(target, name))
+  return target
+
+
+def prepare_workdir(config: Config, *, restart: bool = False,
+                    say: Callable[..., None] = print) -> None:
+  """Checks that `config` may continue the run in its workdir, then writes config.json.
+
+  A workdir that holds checkpoints of a differing config is refused with `ConfigMismatchError`
+  listing the differing fields (`RESUMABLE_CHANGES` may differ); `restart` moves the previous
+  run's files into `workdir/replaced-<time>/` and starts over.
+  """
   workdir = config.loop.workdir
   if not workdir:
-    if eval_only:
-      raise ValueError("evaluation of a checkpoint needs loop.workdir.")
-    return None
+    return
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0 and not eval_only:
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+  saved_path = os.path.join(workdir, CONFIG_FILE)
+  if jax.process_index() == 0 and (os.path.exists(saved_path) or _has_checkpoints(workdir)):
+    if restart:
+      say(f"--restart: the previous run moved to {_move_previous_run(workdir)}")
+    elif _has_checkpoints(workdir):
+      try:
+        changes = config_changes(load_run_config(workdir), config)
+      except (ConfigError, FileNotFoundError, ValueError) as e:
+        raise ConfigMismatchError(
+            f"{workdir} holds checkpoints but its config cannot be read ({e}); pass --restart "
+            "to start over there, or choose another --workdir.", ["<unreadable>"]) from None
+      if changes:
+        raise ConfigMismatchError(
+            f"{workdir} holds a run of another config, so it is not resumed. Differing fields:"
+            + "".join(f"\n  {c}" for c in changes) + "\nRun the same config to resume it, pass "
+            "--restart to start over in this workdir (the old run is moved aside), or choose "
+            "another --workdir.", changes)
+  if jax.process_index() == 0:
+    with open(saved_path, "w") as f:
       json.dump(to_dict(config), f, indent=2)
-  if not eval_only:
-    return None
-  from jaxdml.train.checkpoint import Checkpointer  # noqa: PLC0415
-  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
-    step = ckpt.latest_step()
-  if step is None:
-    raise ValueError(f"no checkpoint in {workdir} to evaluate.")
-  return step
+
+
+def _setup(config: Config):
+  mesh = build.build_mesh(config)
+  model, load_pretrained = build.build_model(config)
+  task = make_task(config, mesh)
+  return mesh, model, load_pretrained, task
 
 
 def run(config: Config, *, progress: bool = True, verbose: bool = True,
-        eval_only: bool = False) -> dict:
+        restart: bool = False, handle_signals: bool = True) -> dict:
   """Trains and evaluates the run described by `config`; returns metrics and timings.
 
-  With `config.loop.workdir` set, the config is written to `workdir/config.json` and a run found
-  there is resumed. `eval_only`: evaluate the newest checkpoint in the workdir without training.
+  With `config.loop.workdir` set, the config is written to `workdir/config.json` and a run of the
+  same config found there is resumed; a run of another config is refused
+  (`ConfigMismatchError`) unless `restart`.
 
   Returns:
     {"metrics": the report's rows ({"trained": {...}} and the baselines, or one row per label
     level), "final": the last evaluation, "train_seconds", "compile_seconds", "losses",
-    "state", "evals", "resumed_from", "config": the config as plain data}.
+    "state", "evals", "resumed_from", "step", "config": the config as plain data}.
+
+  Raises:
+    ConfigMismatchError, jaxdml.train.NonFiniteLossError, jaxdml.train.TrainingInterrupted.
   """
   say = _say(verbose)
   loop = config.loop
-  mesh = build.build_mesh(config)
-  model, load_pretrained = build.build_model(config)
-  task = make_task(config, mesh)
+  prepare_workdir(config, restart=restart, say=say)
+  mesh, model, load_pretrained, task = _setup(config)
   objective = build.build_objective(config, task.num_classes)
   k = int(getattr(task.batches, "steps_per_item", 1))
   total = build.epochs_to_steps(loop.epochs, task.steps_per_epoch, k)
-  total = prepare_workdir(config, eval_only) or total
   tx = build.build_optimizer(config, task.steps_per_epoch, objective)
   say(task.summary)
   miner = f" + miner {config.objective.miner}" if config.objective.miner else ""
@@ -112,24 +190,32 @@ def run(config: Config, *, progress: bool = True, verbose: bool = True,
 
   embedder = Embedder(model, mesh)
   rows = {}
-  if config.eval.baselines and not eval_only and task.baselines is not None:
+  if config.eval.baselines and task.baselines is not None:
     rows.update(task.baselines(embedder, model))
   every = lambda epochs: build.epochs_to_steps(epochs, task.steps_per_epoch, k)
+  minutes = loop.checkpoint_every_minutes
   result = train(model=model, objective=objective, tx=tx, batches=task.batches,
                  total_steps=total, sample=task.sample, seed=config.seed, mesh=mesh,
                  workdir=loop.workdir, checkpoint_every=every(loop.checkpoint_every_epochs),
+                 checkpoint_every_seconds=None if minutes is None else 60.0 * minutes,
                  keep_checkpoints=loop.keep_checkpoints,
                  eval_fn=lambda state: task.evaluate(embedder, state),
                  eval_every=every(loop.eval_every_epochs), log_every=loop.log_every,
                  progress=progress, steps_per_epoch=task.steps_per_epoch,
-                 tensorboard=loop.tensorboard, load_pretrained=load_pretrained)
+                 tensorboard=loop.tensorboard, load_pretrained=load_pretrained,
+                 handle_signals=handle_signals, say=say)
   final = result.evals[-1][1]
+  step = int(result.state.step)
   rows.update(task.rows(final))
-  say("\nretrieval on the test classes")
+  say(f"\nretrieval on the test classes (step {step})")
   say(format_table(rows))
   final_loss = f", final loss {result.losses[-1]:.4f}" if len(result.losses) else ""
-  say(f"\ntraining time {result.seconds:.1f} s ({result.compile_seconds:.1f} s of it "
-      f"compiling){final_loss}")
+  start = result.resumed_from or 0
+  if step > start:
+    say(f"\ntraining time {result.seconds:.1f} s for steps {start}-{step} "
+        f"({result.compile_seconds:.1f} s of it compiling){final_loss}")
+  else:
+    say(f"\nnothing to train: the run in {loop.workdir} had finished all {step} steps")
   if loop.workdir and jax.process_index() == 0 and task.save_retrieval is not None:
     task.save_retrieval(os.path.join(loop.workdir, "retrieval.png"), embedder, result.state)
     say(f"checkpoints, metrics.jsonl, TensorBoard events, curves.png and retrieval.png in "
@@ -137,4 +223,64 @@ def run(config: Config, *, progress: bool = True, verbose: bool = True,
   return {"metrics": rows, "final": final, "train_seconds": result.seconds,
           "compile_seconds": result.compile_seconds, "losses": result.losses,
           "state": result.state, "evals": result.evals, "resumed_from": result.resumed_from,
-          "config": to_dict(config)}
+          "step": step, "config": to_dict(config)}
+
+
+class _Restored(NamedTuple):
+  """The parts of a train state that evaluation reads."""
+
+  params: dict
+  model_state: dict
+  step: int
+
+
+def restore_for_eval(workdir: str, step: int | None = None) -> _Restored:
+  """The model parameters and state of checkpoint `step` (default: the newest) of a run.
+
+  Restores the arrays as saved, without building the objective or the optimiser, so a run whose
+  loss or method was defined in its config file loads too.
+  """
+  from jaxdml.train.checkpoint import Checkpointer  # noqa: PLC0415
+  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    steps = ckpt.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}.")
+    if step is not None and step not in steps:
+      raise ValueError(f"step {step} is not a checkpoint of {workdir}; it has {sorted(steps)}.")
+    chosen = max(steps) if step is None else step
+    raw, _ = ckpt.restore(None, chosen)
+  return _Restored({"model": raw["params"]["model"]}, dict(raw.get("model_state") or {}),
+                   int(np.asarray(raw["step"])))
+
+
+def evaluate(config: Config, *, step: int | None = None, log: bool = False,
+             verbose: bool = True) -> dict:
+  """Evaluates a checkpoint of the run in `config.loop.workdir`; writes nothing unless `log`.
+
+  Args:
+    config: the run's config (`load_run_config`, with any evaluation overrides).
+    step: the checkpoint to evaluate (default: the newest).
+    log: also append the metrics to the run's metrics.jsonl (as `eval/...` at that step).
+
+  Returns:
+    {"metrics": rows, "final": metrics, "step": the checkpoint step, "config"}.
+  """
+  say = _say(verbose)
+  workdir = config.loop.workdir
+  if not workdir:
+    raise ValueError("evaluation of a checkpoint needs loop.workdir.")
+  restored = restore_for_eval(workdir, step)
+  mesh, model, _, task = _setup(config)
+  embedder = Embedder(model, mesh)
+  placed = jax.device_put((restored.params, restored.model_state), replicated(mesh))
+  final = {k: float(v) for k, v in task.evaluate(
+      embedder, _Restored(placed[0], placed[1], restored.step)).items()}
+  rows = task.rows(final)
+  say(f"checkpoint step {restored.step} of {os.path.abspath(workdir)}")
+  say(format_table(rows))
+  if log and jax.process_index() == 0:
+    from jaxdml.train.metric_writers import MetricsLogger  # noqa: PLC0415
+    logger = MetricsLogger(workdir, tensorboard=False)
+    logger.log(restored.step, **{f"eval/{k}": v for k, v in final.items()})
+    logger.close()
+  return {"metrics": rows, "final": final, "step": restored.step, "config": to_dict(config)}
