@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config field by its dotted path, parsed against the "
                      "field's type, e.g. --set optim.learning_rate=3e-4, --set "
                      "objective.methods=das,hier, --set objective.hier.num_proxies=64, --set "
-                     "objective.loss_kwargs.neg_margin=0.5 (repeatable)")
+                     "objective.loss_kwargs.neg_margin=0.5 (repeatable; default: none)")
   train.add_argument("--output", help="also write metrics and timings as JSON to this file "
                      "(its folder is created; default: none)")
   train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -254,15 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--log", action="store_true",
                   help="append the metrics to the run's metrics.jsonl at that step")
   ev.add_argument("--set", action="append", metavar="PATH=VALUE",
-                  help="override config fields (e.g. data.data_dir, eval.batch_size)")
+                  help="override config fields, e.g. data.data_dir, eval.batch_size (repeatable; "
+                  "default: none)")
   ev.add_argument("--output", help="write the metrics as JSON to this file (default: none)")
   ev.add_argument("--distributed", action="store_true",
                   help="call jax.distributed.initialize() first")
-  try:  # TEMPORARY
-    from jaxdml.app import inference_cli  # noqa: PLC0415
-    inference_cli.add_commands(sub)
-  except ImportError:
-    pass
+  from jaxdml.app import inference_cli  # noqa: PLC0415
+  inference_cli.add_commands(sub)
   return parser
 
 

@@ -74,3 +74,48 @@ def test_switching_loss_drops_the_configs_loss_kwargs(tmp_path):
 def test_eval_of_a_directory_without_a_run(tmp_path, capsys):
   assert cli.main(["eval", "--workdir", str(tmp_path)]) == 2
   assert "config.json" in capsys.readouterr().err
+
+
+def test_no_command_prints_help_and_trains_nothing(capsys, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert cli.main([]) == 0
+  out = capsys.readouterr().out
+  assert "usage: jaxdml" in out and "train" in out and "search" in out
+  assert not (tmp_path / "runs").exists()
+
+
+def test_version(capsys):
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(["--version"])
+  assert exit_.value.code == 0
+  assert capsys.readouterr().out.startswith("jaxdml ")
+
+
+def test_every_option_has_help_and_says_its_default():
+  import argparse
+  parser = cli.build_parser()
+  (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+  assert set(sub.choices) >= {"train", "eval", "embed", "index", "search"}
+  for command, p in sub.choices.items():
+    for action in p._actions:
+      if isinstance(action, argparse._HelpAction):
+        continue
+      name = f"{command} {action.option_strings or action.dest}"
+      assert action.help, name
+      takes_value = action.nargs != 0
+      if takes_value and not action.required:
+        assert "default" in action.help, name
+
+
+def test_list_configs(capsys):
+  assert cli.main(["train", "--list-configs"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  names = [line.split()[0] for line in lines]
+  assert "digits" in names and "ms_resnet50_cub" in names
+
+
+def test_resume_command_replaces_the_workdir_and_drops_restart():
+  argv = ["train", "--loss", "contrastive", "--workdir", "old", "--restart", "--set", "a=b c"]
+  assert cli.resume_command(argv, "runs/x") == (
+      "jaxdml train --loss contrastive --set 'a=b c' --workdir runs/x")
+  assert cli.resume_command(["--epochs", "3"], "w") == "jaxdml train --epochs 3 --workdir w"
