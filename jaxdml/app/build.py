@@ -70,6 +70,12 @@ def build_model(config: Config):
     (model, load_pretrained) where `load_pretrained(variables) -> variables` puts the weights of
     `config.model.pretrained` into the backbone part of freshly initialised variables (identity
     when no file is given).
+
+  Raises:
+    FileNotFoundError, ValueError: `config.model.pretrained` does not exist, has an unknown
+      suffix or a header of the wrong format (checked here, from the header only); the file's
+      contents, or weights that do not fit the backbone, are reported by `load_pretrained`
+      (when the run initialises its state, before the first step). Every message names the file.
   """
   m = config.model
   dtype = jnp.bfloat16 if m.compute_dtype == "bfloat16" else jnp.float32
@@ -79,6 +85,7 @@ def build_model(config: Config):
                     conv_impl=m.conv_impl, hyperbolic=m.head == "hyperbolic",
                     poincare_c=m.poincare_c, clip_r=m.clip_r), (lambda v: v)
   from jaxdml import models  # noqa: PLC0415
+  from jaxdml.models.weights import check_weight_file  # noqa: PLC0415
   backbone, load = models.backbone_from_name(m.name, frozen_bn=m.frozen_bn, dtype=dtype)
   pooling = m.pooling or ("cls" if "patch16" in m.name else "avg")
   head = {"normalize": m.normalize_embeddings}
@@ -88,10 +95,21 @@ def build_model(config: Config):
   model = models.EmbeddingModel(backbone=backbone, pooling=pooling,
                                 embedding_dim=m.embedding_dim, layer_norm=m.layer_norm, **head)
 
+  if m.pretrained:  # a wrong path or a corrupt file is reported now, not when training starts
+    check_weight_file(m.pretrained)
+
   def load_pretrained(variables):
     if not m.pretrained:
       return variables
-    return models.with_backbone_weights(variables, load(m.pretrained))
+    try:
+      return models.with_backbone_weights(variables, load(m.pretrained))
+    except KeyError as e:  # a weight the backbone needs is missing from the file
+      raise ValueError(f"model.pretrained={m.pretrained!r} does not fit {m.name}: "
+                       f"{e.args[0] if e.args else e}") from None
+    except ValueError as e:
+      if m.pretrained in str(e):
+        raise
+      raise ValueError(f"model.pretrained={m.pretrained!r} does not fit {m.name}: {e}") from None
 
   return model, load_pretrained
 
