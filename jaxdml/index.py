@@ -68,8 +68,9 @@ def _check_ids(ids: Any, n: int) -> np.ndarray:
     raise TypeError(f"`ids` must be integers or strings, got dtype {ids.dtype}.")
   values, counts = np.unique(ids, return_counts=True)
   if (counts > 1).any():
-    dup = values[np.argmax(counts > 1)]
-    raise ValueError(f"`ids` must be unique; {dup!r} appears {int(counts.max())} times.")
+    first = int(np.argmax(counts > 1))
+    raise ValueError(f"`ids` must be unique; {values[first].item()!r} appears "
+                     f"{int(counts[first])} times.")
   return ids
 
 

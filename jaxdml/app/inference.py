@@ -52,8 +52,10 @@ def _run_config(workdir: str) -> tuple[Config, dict | None]:
     saved = raw.get("objective") if isinstance(raw, dict) else None
     if not isinstance(saved, dict):
       raise
-    try:  # a proxy loss fits every batch composition and head
-      config = from_dict({**raw, "objective": {"loss": "proxy_anchor"}})
+    stand_in = {**raw, "objective": {"loss": "proxy_anchor"}}  # fits any batch and head
+    stand_in.pop("plugins", None)  # the files that defined the objective's own parts
+    try:
+      config = from_dict(stand_in)
     except ConfigError:
       raise error from None
     warnings.warn(f"{path}: the run's objective cannot be rebuilt here ({error}); its model and "

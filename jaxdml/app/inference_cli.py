@@ -321,9 +321,9 @@ def add_commands(subparsers) -> None:
   source = embed.add_mutually_exclusive_group(required=True)
   source.add_argument("--data", help="a folder of images (one sub-folder per class gives "
                       "labels; file paths are the ids), an .npy array of images, or an .npz "
-                      "with 'images' (and 'labels', 'ids')")
+                      "with 'images' (and 'labels', 'ids'); required unless --split")
   source.add_argument("--split", help="a split of the run's own data instead, e.g. test or "
-                      "train (digit pairs); query, gallery (In-shop)")
+                      "train (digit pairs); query, gallery (In-shop); required unless --data")
   embed.add_argument("--labels", default=None,
                      help="an .npy of integer labels for --data (default: from the data, if any)")
   embed.add_argument("--out", required=True, help="the embeddings file to write (.npz)")
