@@ -144,6 +144,30 @@ def test_preprocess_takes_the_images_as_the_data_gives_them(run, test_set):
   assert run.embed(x[:0]).shape == (0, 16)
 
 
+def _unloaded_run(config):
+  """A `Run` of `config` without weights: enough for its preprocessing and similarity."""
+  from jaxdml.app.inference import Run  # noqa: PLC0415
+  return Run(workdir="", config=config, model=None, params={}, model_state={}, step=0,
+             steps=[0], saved_objective=None, mesh=make_mesh())
+
+
+def test_image_runs_preprocess_as_their_eval_loader_and_hyperbolic_runs_search_the_ball(rng):
+  from jaxdml.app.config import Config, DataConfig, ModelConfig  # noqa: PLC0415
+  from jaxdml.data.pipeline import EvalMap  # noqa: PLC0415
+  config = Config(data=DataConfig(dataset="image_folder", image_size=32, resize_size=40),
+                  model=ModelConfig(name="resnet18"))
+  run = _unloaded_run(config)
+  images = [rng.integers(0, 256, (50, 70, 3), dtype=np.uint8),
+            rng.integers(0, 256, (64, 48), dtype=np.uint8)]  # any size, grey or RGB
+  loader = EvalMap(32, 40, "imagenet")
+  want = np.stack([loader.map({"image": im, "label": 0, "mask": True})["image"]
+                   for im in images])
+  np.testing.assert_array_equal(run.preprocess(images), want)
+  assert run.input_shape == (32, 32, 3) and run.similarity == "cosine"
+  hyperbolic = _unloaded_run(Config(model=ModelConfig(head="hyperbolic", poincare_c=0.3)))
+  assert (hyperbolic.similarity, hyperbolic.c) == ("poincare", 0.3)
+
+
 def test_load_errors_say_what_is_wrong(trained, run, tmp_path):
   workdir, _ = trained
   with pytest.raises(FileNotFoundError, match="is not a directory"):
