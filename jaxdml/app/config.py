@@ -85,6 +85,11 @@ class DataConfig:
     classes_per_batch, per_class: P classes x M images per batch.
     data_seed, digits_per_image, train_images_per_class, test_images_per_class: the digit-pairs
       benchmark (shared/design/digits_benchmark.md).
+    undecodable: image data sets: every image is decoded once when the run starts; an image
+      that does not decode is an error listing the files ("error"), or is left out with a note
+      of how many ("skip"). With a workdir the result is kept in `workdir/data_check.json`
+      (keyed by the files' names, sizes and modification times), so a resumed run does not
+      decode everything again.
   """
 
   dataset: Literal[DATASETS] = "digit_pairs"
@@ -100,6 +105,7 @@ class DataConfig:
   digits_per_image: int = 2
   train_images_per_class: int = 40
   test_images_per_class: int = 20
+  undecodable: Literal["error", "skip"] = "error"
 
   def __post_init__(self):
     _at_least(self, ("image_size", "resize_size", "classes_per_batch", "per_class",

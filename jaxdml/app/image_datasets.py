@@ -8,11 +8,18 @@ Datasets (`config.data.dataset`):
     their mean under "overall/";
   - "image_folder": `data_dir/train/<class>/*` and `data_dir/test/<class>/*`, test leave-one-out.
 With several JAX processes each process reads its own part of every global batch.
+
+Every image of every split is decoded once when the task is built (`jaxdml.data.verify`), so a
+corrupt file is reported, with its path, before training rather than when a batch first holds
+it; `data.undecodable="skip"` leaves such images out instead (and says how many). With a
+workdir the check's result is kept in `workdir/data_check.json`, keyed by the files' names,
+sizes and modification times: a resumed run reads it instead of decoding everything again.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import jax
@@ -27,16 +34,30 @@ from jaxdml.train.batches import Stacked
 from jaxdml.train.evaluate import leave_one_out_metrics, query_gallery_metrics
 
 LEVELS = ("fine", "middle", "coarse")
+CHECK_FILE = "data_check.json"  # in the workdir: which images were found not to decode
+
+
+def _note(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr)
 
 
 def _source(config: Config, split: str) -> Any:
-  from jaxdml.data import ImageFolderSource, dml_split  # noqa: PLC0415
+  """The source of a split, once its images are known to decode (see the module docstring)."""
+  from jaxdml.data import ImageFolderSource, dml_split, verify_images  # noqa: PLC0415
   d = config.data
   if d.dataset == "image_folder":
     if not d.data_dir:
       raise ValueError("dataset='image_folder' needs data.data_dir (with train/ and test/).")
-    return ImageFolderSource(os.path.join(d.data_dir, split))
-  return dml_split(d.dataset, split, d.data_dir, d.manual_dir)
+    source = ImageFolderSource(os.path.join(d.data_dir, split))
+  else:
+    source = dml_split(d.dataset, split, d.data_dir, d.manual_dir)
+  workdir = config.loop.workdir
+  return verify_images(
+      source, mode=d.undecodable, name=f"{d.dataset} {split!r}",
+      cache=os.path.join(workdir, CHECK_FILE) if workdir else None, log=_note,
+      hint="Replace or remove these files, or set data.undecodable=skip to train and evaluate "
+           "without them.")
 
 
 def eval_plan(dataset: str) -> list[tuple[str, str, tuple[str, ...]]]:

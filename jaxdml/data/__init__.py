@@ -15,6 +15,7 @@ from jaxdml.data.sources import (
   dml_split,
   relabel,
 )
+from jaxdml.data.verify import UndecodableImagesError, verify_images
 
 _PIPELINE = ("MPerClassSampler", "make_eval_loader", "make_train_loader")
 
@@ -28,4 +29,5 @@ def __getattr__(name):  # the grain pipeline is imported on first use (grain tak
 
 __all__ = ["transforms", "DigitPairs", "make_digit_pairs", "MPerClassSampler", "make_eval_loader",
            "make_train_loader", "class_balanced_batches", "ArraySource", "ImageFolderSource",
-           "SubsetSource", "TFDSSource", "dml_split", "relabel"]
+           "SubsetSource", "TFDSSource", "dml_split", "relabel", "UndecodableImagesError",
+           "verify_images"]

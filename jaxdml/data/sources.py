@@ -23,6 +23,11 @@ Grain compares when an iterator state is restored.
 
 Labels are renumbered 0..C-1 in order of the original ids; query and gallery splits share one
 numbering (a class has the same label in both).
+
+Sources of encoded images (image folders, TFDS) also have `describe(i)` (the file or record of
+example i, for error messages) and `fingerprint()` (changes when the stored data change), which
+`jaxdml.data.verify` uses to check once that every image decodes; in-memory sources have
+`in_memory = True` and nothing to check.
 """
 
 from __future__ import annotations
@@ -87,6 +92,8 @@ class ArraySource:
     **columns: further [N] integer label columns, returned in every example under their name.
   """
 
+  in_memory = True  # decoded already: nothing for `jaxdml.data.verify` to check
+
   def __init__(self, images: np.ndarray, labels: np.ndarray, **columns: np.ndarray):
     images = np.asarray(images)
     if images.ndim not in (3, 4):
@@ -117,12 +124,28 @@ class ArraySource:
     return (f"ArraySource(n={len(self)}, image_shape={tuple(self.images.shape[1:])}, "
             f"columns={columns}, digest={_digest(*self.columns.values())})")
 
+  def describe(self, index: int) -> str:
+    return f"array image {int(index)}"
+
+
+def _file_stats(folder: str, names: Sequence[str]) -> str:
+  """A digest of the names, sizes and modification times of files in `folder`."""
+  h = hashlib.sha1()
+  for name in names:
+    try:
+      st = os.stat(os.path.join(folder, name))
+      h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    except OSError:
+      h.update(f"{name}\0missing\n".encode())
+  return h.hexdigest()[:16]
+
 
 class ImageFolderSource:
   """Images in one sub-folder per class: `root/<class name>/<image file>`.
 
   Class names are sorted and numbered 0..C-1 (`class_names[label]`); files are sorted within a
-  class. Images are decoded with PIL and converted to RGB.
+  class. Images are decoded with PIL and converted to RGB; a file that does not decode raises a
+  ValueError naming it (`jaxdml.data.verify` checks them all before training).
 
   Args:
     root: folder holding one sub-folder per class.
@@ -152,12 +175,24 @@ class ImageFolderSource:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     index = int(index)
-    with Image.open(os.path.join(self.root, self.paths[index])) as img:
-      image = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    path = os.path.join(self.root, self.paths[index])
+    try:
+      with Image.open(path) as img:
+        image = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors of unreadable files
+      raise ValueError(f"cannot decode the image {path!r}: {type(e).__name__}: {e}") from e
     return {"image": image, "label": int(self.labels[index])}
 
   def __repr__(self) -> str:
     return f"ImageFolderSource(root={self.root!r}, n={len(self)}, digest={_digest(self.labels)})"
+
+  def describe(self, index: int) -> str:
+    """The path of example `index`'s file."""
+    return os.path.join(self.root, self.paths[int(index)])
+
+  def fingerprint(self) -> str:
+    """Changes when a file is added, removed, resized or modified (names, sizes, mtimes)."""
+    return f"{self!r}:{_file_stats(self.root, self.paths)}"
 
 
 class TFDSSource:
@@ -213,6 +248,8 @@ class TFDSSource:
     scan = builder.as_data_source(split=split, decoders={k: skip for k in image_features})
     self.columns = _scan_columns(scan, self.keys)
     self.labels = self.columns["label"]
+    self._encoded = scan  # records with their images still encoded, for `describe`
+    self._files = str(builder.data_dir)
 
   def __len__(self) -> int:
     return len(self._source)
@@ -227,6 +264,29 @@ class TFDSSource:
   def __repr__(self) -> str:
     return (f"TFDSSource(name={self.name!r}, split={self.split!r}, data_dir={self.data_dir!r}, "
             f"n={len(self)}, digest={_digest(*self.columns.values())})")
+
+  def describe(self, index: int) -> str:
+    """`<name> '<split>' record <index>`, with the image's file name when the dataset has one."""
+    where = f"{self.name} {self.split!r} record {int(index)}"
+    try:
+      example = self._encoded[int(index)]
+      name = next((example[k] for k in _FILE_NAME_KEYS if k in example), None)
+    except Exception:  # noqa: BLE001 - a record that cannot be read at all
+      return where
+    if isinstance(name, bytes):
+      name = name.decode("utf-8", "replace")
+    return f"{where} ({name})" if name else where
+
+  def fingerprint(self) -> str:
+    """Changes when the prepared files change (names, sizes, mtimes of the dataset folder)."""
+    try:
+      names = sorted(os.listdir(self._files))
+    except OSError:
+      names = []
+    return f"{self!r}:{_file_stats(self._files, names)}"
+
+
+_FILE_NAME_KEYS = ("image/filename", "file_name", "filename")
 
 
 def _is_prepared(builder: Any) -> bool:
@@ -285,6 +345,21 @@ class SubsetSource:
   def __repr__(self) -> str:
     return (f"SubsetSource(source={self.source!r}, n={len(self)}, "
             f"digest={_digest(self.indices, *self.columns.values())})")
+
+  @property
+  def in_memory(self) -> bool:
+    return bool(getattr(self.source, "in_memory", False))
+
+  def describe(self, index: int) -> str:
+    inner = int(self.indices[int(index)])
+    describe = getattr(self.source, "describe", None)
+    return describe(inner) if describe is not None else f"example {inner}"
+
+  def fingerprint(self) -> str | None:
+    inner = getattr(self.source, "fingerprint", None)
+    if inner is None:
+      return None
+    return f"{inner()}:{_digest(self.indices)}"
 
 
 def _class_split(base: TFDSSource, split: str, num_train_classes: int) -> SubsetSource:
