@@ -150,7 +150,8 @@ def _write_output(path, result) -> None:
 
 def _eval(args) -> int:
   from jaxdml.app import config as cfg  # noqa: PLC0415
-  from jaxdml.app.experiment import evaluate, load_run_config  # noqa: PLC0415
+  from jaxdml.app.experiment import load_run_config  # noqa: PLC0415
+  from jaxdml.app.inference import evaluate  # noqa: PLC0415
   try:
     check_output_path(args.output)
     config = cfg.apply_overrides(load_run_config(args.workdir), list(args.set or []))

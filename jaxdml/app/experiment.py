@@ -12,17 +12,15 @@ import json
 import os
 import shutil
 import time
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
-import numpy as np
 
 from jaxdml.app import build
 from jaxdml.app.config import Config, ConfigError, diff, from_dict, to_dict
 from jaxdml.app.tasks import Task
 from jaxdml.train.evaluate import Embedder
 from jaxdml.train.loop import train
-from jaxdml.train.sharding import replicated
 
 REPORT_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "recall@10", "recall@20", "map@r",
                "r_precision", "nmi")
@@ -151,13 +149,6 @@ def prepare_workdir(config: Config, *, restart: bool = False,
       json.dump(to_dict(config), f, indent=2)
 
 
-def _setup(config: Config):
-  mesh = build.build_mesh(config)
-  model, load_pretrained = build.build_model(config)
-  task = make_task(config, mesh)
-  return mesh, model, load_pretrained, task
-
-
 def run(config: Config, *, progress: bool = True, verbose: bool = True,
         restart: bool = False, handle_signals: bool = True) -> dict:
   """Trains and evaluates the run described by `config`; returns metrics and timings.
@@ -177,7 +168,9 @@ def run(config: Config, *, progress: bool = True, verbose: bool = True,
   say = _say(verbose)
   loop = config.loop
   prepare_workdir(config, restart=restart, say=say)
-  mesh, model, load_pretrained, task = _setup(config)
+  mesh = build.build_mesh(config)
+  model, load_pretrained = build.build_model(config)
+  task = make_task(config, mesh)
   objective = build.build_objective(config, task.num_classes)
   k = int(getattr(task.batches, "steps_per_item", 1))
   total = build.epochs_to_steps(loop.epochs, task.steps_per_epoch, k)
@@ -224,63 +217,3 @@ def run(config: Config, *, progress: bool = True, verbose: bool = True,
           "compile_seconds": result.compile_seconds, "losses": result.losses,
           "state": result.state, "evals": result.evals, "resumed_from": result.resumed_from,
           "step": step, "config": to_dict(config)}
-
-
-class _Restored(NamedTuple):
-  """The parts of a train state that evaluation reads."""
-
-  params: dict
-  model_state: dict
-  step: int
-
-
-def restore_for_eval(workdir: str, step: int | None = None) -> _Restored:
-  """The model parameters and state of checkpoint `step` (default: the newest) of a run.
-
-  Restores the arrays as saved, without building the objective or the optimiser, so a run whose
-  loss or method was defined in its config file loads too.
-  """
-  from jaxdml.train.checkpoint import Checkpointer  # noqa: PLC0415
-  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
-    steps = ckpt.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}.")
-    if step is not None and step not in steps:
-      raise ValueError(f"step {step} is not a checkpoint of {workdir}; it has {sorted(steps)}.")
-    chosen = max(steps) if step is None else step
-    raw, _ = ckpt.restore(None, chosen)
-  return _Restored({"model": raw["params"]["model"]}, dict(raw.get("model_state") or {}),
-                   int(np.asarray(raw["step"])))
-
-
-def evaluate(config: Config, *, step: int | None = None, log: bool = False,
-             verbose: bool = True) -> dict:
-  """Evaluates a checkpoint of the run in `config.loop.workdir`; writes nothing unless `log`.
-
-  Args:
-    config: the run's config (`load_run_config`, with any evaluation overrides).
-    step: the checkpoint to evaluate (default: the newest).
-    log: also append the metrics to the run's metrics.jsonl (as `eval/...` at that step).
-
-  Returns:
-    {"metrics": rows, "final": metrics, "step": the checkpoint step, "config"}.
-  """
-  say = _say(verbose)
-  workdir = config.loop.workdir
-  if not workdir:
-    raise ValueError("evaluation of a checkpoint needs loop.workdir.")
-  restored = restore_for_eval(workdir, step)
-  mesh, model, _, task = _setup(config)
-  embedder = Embedder(model, mesh)
-  placed = jax.device_put((restored.params, restored.model_state), replicated(mesh))
-  final = {k: float(v) for k, v in task.evaluate(
-      embedder, _Restored(placed[0], placed[1], restored.step)).items()}
-  rows = task.rows(final)
-  say(f"checkpoint step {restored.step} of {os.path.abspath(workdir)}")
-  say(format_table(rows))
-  if log and jax.process_index() == 0:
-    from jaxdml.train.metric_writers import MetricsLogger  # noqa: PLC0415
-    logger = MetricsLogger(workdir, tensorboard=False)
-    logger.log(restored.step, **{f"eval/{k}": v for k, v in final.items()})
-    logger.close()
-  return {"metrics": rows, "final": final, "step": restored.step, "config": to_dict(config)}

@@ -292,13 +292,16 @@ def _digit_inputs(images: Any, shape: tuple[int, ...]) -> np.ndarray:
   return x.astype(np.float32)
 
 
-def load(workdir: str | os.PathLike, step: int | None = None, *, mesh=None) -> Run:
+def load(workdir: str | os.PathLike, step: int | None = None, *, mesh=None,
+         config: Config | None = None) -> Run:
   """The trained run in `workdir` at checkpoint `step` (default: the newest).
 
   Args:
     workdir: a run directory (`jaxdml train --workdir`): config.json and checkpoints/.
     step: the checkpoint step to load; None: the newest.
     mesh: the devices embedding runs on (default: all devices, `jaxdml.train.make_mesh`).
+    config: use this config instead of the run's saved one (the saved one with evaluation or
+      data-path overrides, e.g. for `jaxdml eval --set`).
 
   Returns:
     The `Run`.
@@ -312,7 +315,10 @@ def load(workdir: str | os.PathLike, step: int | None = None, *, mesh=None) -> R
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"{workdir!r} is not a directory (expected a jaxdml run directory "
                             f"with {CONFIG_FILE} and {CHECKPOINTS}/).")
-  config, saved_objective = _run_config(workdir)
+  if config is None:
+    config, saved_objective = _run_config(workdir)
+  else:
+    saved_objective = None
   if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer))):
     raise TypeError(f"`step` must be an int or None, got {step!r}.")
   ckpt, steps = _checkpoint_steps(workdir)
@@ -334,3 +340,40 @@ def load(workdir: str | os.PathLike, step: int | None = None, *, mesh=None) -> R
   return Run(workdir=workdir, config=config, model=model, params=params,
              model_state=model_state, step=step, steps=steps, saved_objective=saved_objective,
              mesh=mesh)
+
+
+def evaluate(config: Config, *, step: int | None = None, log: bool = False,
+             verbose: bool = True) -> dict:
+  """Evaluates a checkpoint of the run in `config.loop.workdir` as its training evaluated it;
+  writes nothing into the run unless `log`.
+
+  Args:
+    config: the run's config (`load_run_config`, with any evaluation or data-path overrides).
+    step: the checkpoint to evaluate (default: the newest).
+    log: also append the metrics to the run's metrics.jsonl (as `eval/...` at that step).
+    verbose: print the step evaluated and the metrics table.
+
+  Returns:
+    {"metrics": the report's rows, "final": the metrics, "step": the checkpoint step, "config"}.
+  """
+  from types import SimpleNamespace  # noqa: PLC0415
+
+  from jaxdml.app.config import to_dict  # noqa: PLC0415
+  from jaxdml.app.experiment import format_table, make_task  # noqa: PLC0415
+  workdir = config.loop.workdir
+  if not workdir:
+    raise ValueError("evaluation of a checkpoint needs loop.workdir.")
+  run = load(workdir, step, config=config, mesh=build.build_mesh(config))
+  task = make_task(config, run.mesh)
+  state = SimpleNamespace(params={"model": run.params}, model_state=run.model_state)
+  final = {k: float(v) for k, v in task.evaluate(Embedder(run.model, run.mesh), state).items()}
+  rows = task.rows(final)
+  if verbose:
+    print(f"checkpoint step {run.step} of {os.path.abspath(workdir)}")
+    print(format_table(rows))
+  if log and jax.process_index() == 0:
+    from jaxdml.train.metric_writers import MetricsLogger  # noqa: PLC0415
+    logger = MetricsLogger(workdir, tensorboard=False)
+    logger.log(run.step, **{f"eval/{k}": v for k, v in final.items()})
+    logger.close()
+  return {"metrics": rows, "final": final, "step": run.step, "config": to_dict(config)}

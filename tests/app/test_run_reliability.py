@@ -14,7 +14,8 @@ import pytest
 
 from jaxdml import cli
 from jaxdml.app import config as cfg
-from jaxdml.app.experiment import ConfigMismatchError, evaluate, load_run_config, run
+from jaxdml.app.experiment import ConfigMismatchError, load_run_config, run
+from jaxdml.app.inference import evaluate
 
 SMALL = ["eval.baselines=false", "loop.epochs=2", "data.train_images_per_class=12",
          "data.test_images_per_class=6", "loop.tensorboard=false"]
@@ -89,7 +90,7 @@ def test_eval_of_an_older_step_and_a_missing_one(finished):
   assert len(steps) >= 2  # one per epoch by default
   older = evaluate(small(workdir), step=steps[0], verbose=False)
   assert older["step"] == steps[0]
-  with pytest.raises(ValueError, match=f"step 999 is not a checkpoint.*{steps}"):
+  with pytest.raises(ValueError, match=f"no checkpoint of step 999 .*{steps}"):
     evaluate(small(workdir), step=999, verbose=False)
 
 
