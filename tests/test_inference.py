@@ -361,3 +361,23 @@ def test_command_errors_are_one_line(trained, tmp_path, capsys):
     code = _command(["search", "--index", str(tmp_path / "i.npz"), "--query",
                      str(tmp_path / "x.npy")])
   assert code == 2 and "give --workdir" in capsys.readouterr().err
+
+
+def test_the_readme_example_runs(trained, test_set, tmp_path, monkeypatch):
+  """README's "Use a trained model" block, on the trained run and its test images."""
+  import pathlib
+  import re
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  section = readme[readme.index("## Use a trained model"):]
+  code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+  code = code.replace('"runs/digits-20260101-120000"', repr(str(trained[0])))
+  images, labels = test_set
+  monkeypatch.chdir(tmp_path)
+  half = len(images) // 2
+  namespace = {"images": images, "gallery_images": images[:half], "gallery_labels": labels[:half],
+               "paths": [f"img{i}" for i in range(half)], "query_images": images[half:],
+               "query_labels": labels[half:]}
+  exec(code, namespace)
+  assert namespace["z"].shape == (len(images), namespace["run"].dim)
+  assert namespace["ids"].shape == (len(images) - half, 10)
+  assert (tmp_path / "index.npz").exists() and len(namespace["index"]) == half

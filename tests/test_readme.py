@@ -26,7 +26,7 @@ def _commands() -> list[str]:
 def _parse(command: str, monkeypatch) -> argparse.Namespace:
   """The arguments `jaxdml train` would train with (the training itself replaced)."""
   seen = {}
-  monkeypatch.setattr(cli, "_train", lambda args: seen.setdefault("args", args) and 0)
+  monkeypatch.setattr(cli, "_train", lambda args, argv: seen.setdefault("args", args) and 0)
   assert cli.main(shlex.split(command)[1:]) == 0
   return seen["args"]
 
