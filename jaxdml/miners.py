@@ -5,12 +5,17 @@ bool mask of the pairs to keep; pass it to a loss as `mask=` (wrappers AND it wi
 validity mask). Masks instead of index lists keep shapes static, so mining is jit-friendly and
 composes with any loss. A pair counts as positive when `target > 0` and as negative when
 `target < 1`.
+
+NaN: every miner keeps the valid pairs whose value (similarity or distance) is NaN, on top of
+what it selects, so that a NaN embedding reaches the loss (and makes it NaN) instead of being
+mined away. Hyperparameters given as numbers are checked (an error names the argument).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdml import _checks
 from jaxdml._sort import argsort_rows
@@ -25,6 +30,11 @@ def _weights(x, target, mask, name):
   return pos_w > 0, neg_w > 0
 
 
+def _keep_nan(mined: Array, x: Array, pos: Array, neg: Array) -> Array:
+  """`mined`, plus every valid pair whose value is NaN (so that the loss sees it)."""
+  return mined | ((pos | neg) & jnp.isnan(x))
+
+
 def batch_hard_miner(dist: Array, target: Array, mask: Array | None = None) -> Array:
   """Batch-hard mining (Hermans et al., 2017): per anchor, its farthest positive and nearest
   negative.
@@ -32,7 +42,8 @@ def batch_hard_miner(dist: Array, target: Array, mask: Array | None = None) -> A
   Every row of the mask holds either exactly one positive and one negative, or nothing: an anchor
   that lacks a positive or a negative forms no triplet and is dropped, as PML's BatchHardMiner.
   With `triplet_margin_from_dist(..., triplets="all")` the mask gives the batch-hard triplet loss.
-  Ties are broken towards the lowest reference index.
+  Ties are broken towards the lowest reference index. Pairs at a NaN distance are kept as well
+  (see the module docstring), so such a row may hold more than two pairs.
   """
   pos, neg = _weights(dist, target, mask, "dist")
   d = jax.lax.stop_gradient(dist)
@@ -42,7 +53,7 @@ def batch_hard_miner(dist: Array, target: Array, mask: Array | None = None) -> A
   pick_p = jax.nn.one_hot(i_p, r, dtype=bool) & pos
   pick_n = jax.nn.one_hot(i_n, r, dtype=bool) & neg
   both = jnp.any(pos, axis=1, keepdims=True) & jnp.any(neg, axis=1, keepdims=True)
-  return (pick_p | pick_n) & both
+  return _keep_nan((pick_p | pick_n) & both, dist, pos, neg)
 
 
 def semihard_miner(dist: Array, target: Array, mask: Array | None = None, *,
@@ -53,9 +64,11 @@ def semihard_miner(dist: Array, target: Array, mask: Array | None = None, *,
 
   The exact per-triplet semi-hard selection (FaceNet; PML's TripletMarginMiner "semihard") is
   `triplet_margin_from_dist(..., triplets="semihard")`; this mask is its pair-level projection, so
-  that semi-hard negatives can feed any pair loss. Margin 0.2 as PML's TripletMarginMiner.
+  that semi-hard negatives can feed any pair loss. Margin 0.2 as PML's TripletMarginMiner;
+  finite, >= 0 (0 keeps no negative).
   """
   pos, neg = _weights(dist, target, mask, "dist")
+  _checks.number(margin, "margin", ge=0.0)
   # negative n is kept if some positive distance lies in (d_an - margin, d_an): count them with
   # two binary searches in each anchor's sorted positive distances (O(QR log R), no [Q, R, R]).
   d = jax.lax.stop_gradient(dist)
@@ -64,7 +77,7 @@ def semihard_miner(dist: Array, target: Array, mask: Array | None = None, *,
   search = lambda side: jax.vmap(lambda a, v: jnp.searchsorted(a, v, side=side))
   below = search("left")(pos_sorted, d)  # positives with d_ap < d_an
   at_most = search("right")(pos_sorted, d - margin)  # positives with d_ap <= d_an - margin
-  return pos | (neg & (below > at_most))
+  return _keep_nan(pos | (neg & (below > at_most)), dist, pos, neg)
 
 
 def multi_similarity_miner(sim: Array, target: Array, mask: Array | None = None, *,
@@ -73,14 +86,17 @@ def multi_similarity_miner(sim: Array, target: Array, mask: Array | None = None,
 
   Keeps a negative pair if `s_an + epsilon > min_p s_ap` and a positive pair if
   `s_ap - epsilon < max_n s_an` (epsilon 0.1, as the paper and PML). An anchor without negatives
-  keeps no positives, and one without positives keeps no negatives (as PML).
+  keeps no positives, and one without positives keeps no negatives (as PML). A row whose bound
+  is NaN (it has a NaN pair) keeps all its pairs. `epsilon` must be finite.
   """
   pos, neg = _weights(sim, target, mask, "sim")
+  _checks.number(epsilon, "epsilon")
   min_pos = jnp.min(jnp.where(pos, sim, jnp.inf), axis=1, keepdims=True)
   max_neg = jnp.max(jnp.where(neg, sim, -jnp.inf), axis=1, keepdims=True)
-  keep_neg = neg & (sim + epsilon > min_pos)
-  keep_pos = pos & (sim - epsilon < max_neg)
-  return keep_pos | keep_neg
+  # Written as "not beyond the bound" so that a NaN bound (a NaN pair in the row) keeps the pairs.
+  keep_neg = neg & ~(sim + epsilon <= min_pos)
+  keep_pos = pos & ~(sim - epsilon >= max_neg)
+  return _keep_nan(keep_pos | keep_neg, sim, pos, neg)
 
 
 def distance_weighted_miner(dist: Array, target: Array, mask: Array | None, key: Array, *,
@@ -96,7 +112,8 @@ def distance_weighted_miner(dist: Array, target: Array, mask: Array | None, key:
   `dist` must be Euclidean distances of L2-normalised embeddings. An anchor whose negatives all
   lie at or beyond `nonzero_loss_cutoff` falls back to drawing uniformly among its negatives.
   Draws that hit the same negative merge into one mask entry. Needs `key` (a `jax.random` key);
-  the same key gives the same mask.
+  the same key gives the same mask. Valid: an int `dim >= 3`, `cutoff >= 0`,
+  `nonzero_loss_cutoff > 0`.
 
   Differences from PML's DistanceWeightedMiner, which returns triplets: PML draws, per anchor,
   as many positives as its class has members (with replacement) and drops anchors with no
@@ -104,8 +121,11 @@ def distance_weighted_miner(dist: Array, target: Array, mask: Array | None, key:
   positive pair once, uniform fallback).
   """
   pos, neg = _weights(dist, target, mask, "dist")
-  if dim < 3:
-    raise ValueError(f"distance-weighted sampling needs dim >= 3, got {dim}.")
+  if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 3:
+    raise ValueError(f"`dim` must be an int: distance-weighted sampling needs dim >= 3, got "
+                     f"{dim!r}.")
+  _checks.number(cutoff, "cutoff", ge=0.0)
+  _checks.number(nonzero_loss_cutoff, "nonzero_loss_cutoff", gt=0.0)
   d = jnp.maximum(jax.lax.stop_gradient(dist), cutoff)
   log_q = (dim - 2.0) * jnp.log(d) + 0.5 * (dim - 3.0) * jnp.log(
       jnp.maximum(1.0 - 0.25 * jnp.square(d), 1e-8))
@@ -121,7 +141,7 @@ def distance_weighted_miner(dist: Array, target: Array, mask: Array | None, key:
   has_neg = jnp.any(neg, axis=1, keepdims=True)
   take = pos & has_neg
   chosen = jnp.zeros((q, r), bool).at[rows, draws].max(take)
-  return pos | (chosen & neg)
+  return _keep_nan(pos | (chosen & neg), dist, pos, neg)
 
 
 MINERS = {

@@ -22,7 +22,10 @@ _EPS = 1e-12
 
 
 def l2_normalize(x: Array, axis: int = -1, eps: float = _EPS) -> Array:
-  """Scales rows to unit L2 norm; a zero row stays zero (no NaN, finite gradient)."""
+  """Scales rows to unit L2 norm; a zero row stays zero (no NaN, finite gradient).
+
+  A row holding NaN or inf becomes NaN (`jnp.maximum` propagates NaN).
+  """
   sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
   return x * jax.lax.rsqrt(jnp.maximum(sq, eps))
 
@@ -101,9 +104,14 @@ def neg_squared_euclidean(q: Array, r: Array | None = None) -> Array:
 
 
 def safe_sqrt(x: Array, eps: float = 1e-12) -> Array:
-  """sqrt with a finite gradient at 0 (the gradient there is taken as 0)."""
+  """sqrt with a finite gradient at 0 (the gradient there is taken as 0).
+
+  Entries at most `eps` give 0 with gradient 0; NaN stays NaN and -inf gives NaN (a comparison
+  alone would send them to 0 and hide a NaN embedding behind a finite loss).
+  """
   positive = x > eps
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+  # |x| * 0 is 0 for every finite x and NaN for NaN or +-inf; its gradient is 0 for finite x.
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), jnp.abs(x) * 0.0)
 
 
 def euclidean(q: Array, r: Array | None = None) -> Array:

@@ -213,6 +213,49 @@ def test_distance_weighted_frequencies_follow_inverse_density(dim):
     assert counts[:2].sum() > 0.99 * n
 
 
+# --------------------------------------------------------------------------- NaN
+
+
+def test_every_miner_keeps_the_pairs_at_nan():
+  # Row 1 and column 1 are NaN (a NaN embedding); anchor 3 is a singleton class.
+  rng = np.random.default_rng(5)
+  dist = rng.uniform(0.2, 1.3, size=(4, 4)).astype(np.float32)
+  dist = (dist + dist.T) / 2
+  np.fill_diagonal(dist, 0.0)
+  dist[1, :] = dist[:, 1] = np.nan
+  dist[1, 1] = 0.0
+  target = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32)
+  valid = ~np.eye(4, dtype=bool)
+  nan_pairs = valid & np.isnan(dist)
+  masks = {"batch_hard": bh(dist, target, valid),
+           "semihard": semihard(dist, target, valid),
+           "multi_similarity": ms(1.0 - dist, target, valid),
+           "distance_weighted": dw(dist, target, valid, jax.random.PRNGKey(0), dim=8)}
+  for name, m in masks.items():
+    m = np.asarray(m)
+    assert (m[nan_pairs]).all(), name
+    assert not m[~valid].any(), name
+  # multi-similarity: the rows with a NaN bound keep all their pairs (before, row 0's bound
+  # min_p s_ap was NaN, every comparison False, and its pairs were dropped)
+  np.testing.assert_array_equal(np.asarray(masks["multi_similarity"])[0], valid[0])
+
+
+def test_multi_similarity_miner_unchanged_without_nan():
+  # "not beyond the bound" equals "within the bound" for numbers, infinite bounds included
+  sim = jnp.array([[1.0, 0.7, 0.75, 0.2], [0.7, 1.0, 0.5, 0.65], [0.75, 0.5, 1.0, 0.1],
+                   [0.2, 0.65, 0.1, 1.0]])
+  target = jnp.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], jnp.float32)
+  mask = ~jnp.eye(4, dtype=bool)
+  got = np.asarray(ms(sim, target, mask))
+  # row 0: min_pos 0.7 -> keep negatives with s + 0.1 > 0.7: col 2 (0.85), not col 3 (0.3);
+  #        max_neg 0.75 -> keep positives with s - 0.1 < 0.75: col 1 (0.6).
+  # row 1: min_pos 0.7 -> negatives: not col 2 (0.6), col 3 (0.75); max_neg 0.65 -> positive
+  #        col 0 (0.6).
+  # rows 2, 3 have no positive: nothing kept (min_pos = inf).
+  expected = np.array([[0, 1, 1, 0], [1, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]], bool)
+  np.testing.assert_array_equal(got, expected)
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -229,5 +272,15 @@ def test_miner_errors():
     jax.jit(miners.multi_similarity_miner)(d[None], t[None])
   with pytest.raises(ValueError, match="dim >= 3"):
     miners.distance_weighted_miner(d, t, None, jax.random.PRNGKey(0), dim=2)
+  with pytest.raises(ValueError, match="`dim`"):
+    miners.distance_weighted_miner(d, t, None, jax.random.PRNGKey(0), dim=8.0)
+  for kw, name in (({"cutoff": -0.5}, "cutoff"), ({"nonzero_loss_cutoff": 0.0},
+                                                   "nonzero_loss_cutoff")):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+      miners.distance_weighted_miner(d, t, None, jax.random.PRNGKey(0), dim=8, **kw)
+  with pytest.raises(ValueError, match="`margin`"):
+    miners.semihard_miner(d, t, margin=-0.2)
+  with pytest.raises(ValueError, match="`epsilon`"):
+    miners.multi_similarity_miner(d, t, epsilon=float("nan"))
   assert set(miners.MINERS) == {"batch_hard", "semihard", "multi_similarity",
                                 "distance_weighted"}

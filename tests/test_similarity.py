@@ -80,6 +80,35 @@ def test_safe_sqrt():
   np.testing.assert_allclose(g, [0.0, 0.25, 0.0])
 
 
+def test_safe_sqrt_propagates_nan_and_keeps_finite_values_and_gradients():
+  # NaN used to become 0 (the comparison x > eps is False for NaN).
+  f = jax.jit(jax.vmap(jax.value_and_grad(S.safe_sqrt)))
+  x = jnp.array([jnp.nan, -jnp.inf, jnp.inf, -1.0, 0.0, 1e-14, 0.25, 9.0])
+  v, g = f(x)
+  v, g = np.asarray(v), np.asarray(g)
+  assert np.isnan(v[:2]).all() and v[2] == np.inf
+  np.testing.assert_array_equal(v[3:], [0.0, 0.0, 0.0, 0.5, 3.0])
+  assert not np.signbit(v[3])  # +0, not -0, for a negative input
+  np.testing.assert_array_equal(g[3:6], 0.0)
+  np.testing.assert_allclose(g[6:], [1.0, 1 / 6], rtol=1e-6)
+  # the same for the Poincare-ball helper
+  from jaxdml.geometry import poincare  # noqa: PLC0415
+  vp = np.asarray(jax.jit(poincare._safe_sqrt)(x))
+  assert np.isnan(vp[:2]).all()
+  np.testing.assert_allclose(vp[3:], [0.0, 0.0, 1e-7, 0.5, 3.0], rtol=1e-6)
+
+
+def test_a_nan_row_gives_nan_distances_and_similarities():
+  x = jnp.array([[1.0, 0.0], [jnp.nan, 0.0], [0.0, 2.0]])
+  for name in FUNCS:
+    m = np.asarray(getattr(S, name)(x))
+    off = ~np.eye(3, dtype=bool)
+    assert np.isnan(m[1][off[1]]).all() and np.isnan(m[:, 1][off[:, 1]]).all(), name
+    assert np.isfinite(m[np.ix_([0, 2], [0, 2])]).all(), name
+  assert np.isnan(np.asarray(S.l2_normalize(x))[1]).all()
+  assert np.isnan(np.asarray(S.to_distance(jnp.array([[jnp.nan]]), "cosine"))).all()
+
+
 def test_squared_euclidean_is_clipped_at_zero():
   x = jnp.array([[1e4, 1e4 + 1e-3], [1e4, 1e4 + 1e-3]])
   assert float(jnp.min(jax.jit(S.squared_euclidean)(x))) >= 0.0

@@ -78,9 +78,9 @@ def _clamped_norm(x: Array, min_norm: float = _MIN_NORM, keepdims: bool = True) 
 
 
 def _safe_sqrt(x: Array, tiny: float = 1e-30) -> Array:
-  """sqrt with gradient 0 (not inf or NaN) at 0."""
+  """sqrt with gradient 0 (not inf or NaN) at 0; NaN stays NaN and -inf gives NaN."""
   pos = x > tiny
-  return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), jnp.abs(x) * 0.0)
 
 
 def _safe_norm(x: Array, keepdims: bool = True) -> Array:

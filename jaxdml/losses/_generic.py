@@ -34,6 +34,9 @@ REDUCTIONS = ("mean", "mean_nonempty", "sum", "none")
 def masked_logsumexp(x: Array, weights: Array, axis: int = -1) -> tuple[Array, Array]:
   """`log sum_i w_i exp(x_i)` over entries with `w_i > 0`.
 
+  Which entries are active depends on the weights only, never on `x`: a NaN among the active
+  entries makes the value NaN (the max shift, whatever it is, cannot hide it from the sum).
+
   Returns:
     (value, nonempty): `value` is 0 (finite, zero gradient) where no entry is active (also for
     an empty axis), and `nonempty` says where at least one entry was.
@@ -51,8 +54,8 @@ def masked_logsumexp(x: Array, weights: Array, axis: int = -1) -> tuple[Array, A
 def reduce(values: Array, nonempty: Array | None, reduction: str) -> Array:
   """Reduces per-anchor values.
 
-  "mean": over all anchors (an anchor without pairs counts as 0); "mean_nonempty": over anchors
-  where `nonempty` (0 if none); "sum"; "none": the vector itself.
+  "mean": over all anchors (an anchor without pairs counts as 0; no anchor at all gives 0);
+  "mean_nonempty": over anchors where `nonempty` (0 if none); "sum"; "none": the vector itself.
   """
   _checks.one_of(reduction, REDUCTIONS, "reduction")
   if reduction == "none":
@@ -60,6 +63,8 @@ def reduce(values: Array, nonempty: Array | None, reduction: str) -> Array:
   if reduction == "sum":
     return jnp.sum(values)
   if reduction == "mean":
+    if values.shape[0] == 0:  # an empty batch (or no proxies): nothing to average
+      return jnp.zeros(values.shape[1:], values.dtype)
     return jnp.mean(values)
   count = jnp.sum(nonempty)
   return jnp.sum(jnp.where(nonempty, values, 0.0)) / jnp.maximum(count, 1)
@@ -118,7 +123,10 @@ def generic_loss(
     The reduced loss (a scalar), or [Q] per-anchor losses for "none".
 
   Empty sets: an anchor with no positive (negative) pair gets 0 for that term, whatever sigma is,
-  with zero gradient, so a batch without positives or negatives gives a finite loss.
+  with zero gradient, so a batch without positives or negatives gives a finite loss, and an
+  empty batch (Q = 0 or R = 0) gives 0 for every reduction but "none".
+
+  NaN: a NaN similarity of a pair that takes part makes the loss NaN.
   """
   _checks.matrix_triple(sim, target, mask)
   pos_w, neg_w = pair_weights(target, mask)

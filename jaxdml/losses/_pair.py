@@ -7,6 +7,11 @@ uses: Euclidean distance of L2-normalised embeddings, or cosine similarity.
 
 All losses accept soft targets in [0, 1]: a pair counts as positive with weight `target` and as
 negative with weight `1 - target`.
+
+A NaN (or inf) embedding makes every loss NaN: nothing here selects pairs by comparing values in
+a way that would drop it. Hyperparameters given as numbers (or concrete arrays) are checked when
+the function is called or traced, with an error naming the argument; traced values (learned
+margins) are not checked.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdml import _checks, similarity
 from jaxdml._sort import argsort_rows
@@ -29,6 +35,15 @@ Array = jax.Array
 # --------------------------------------------------------------------------- contrastive
 
 
+def _check_margins(pos_margin, neg_margin) -> None:
+  _checks.number(pos_margin, "pos_margin", ge=0.0)
+  _checks.number(neg_margin, "neg_margin")
+  if not (_checks.is_traced(pos_margin) or _checks.is_traced(neg_margin)) and not bool(
+      np.all(np.asarray(neg_margin) > np.asarray(pos_margin))):
+    raise ValueError(f"`neg_margin` must be > `pos_margin`, got neg_margin={neg_margin} and "
+                     f"pos_margin={pos_margin}.")
+
+
 def contrastive_from_dist(dist: Array, target: Array, mask: Array | None = None, *,
                           pos_margin: float = 0.0, neg_margin: float = 1.0) -> Array:
   """Contrastive loss (Hadsell et al., CVPR 2006) on a distance matrix.
@@ -39,9 +54,12 @@ def contrastive_from_dist(dist: Array, target: Array, mask: Array | None = None,
   sigma = identity, reduced over pairs rather than anchors.
 
   Defaults (PML): pos_margin 0, neg_margin 1, distances not squared. No positive (or negative)
-  pair, or all satisfied: that term is 0.
+  pair, or all satisfied: that term is 0 (an empty batch gives 0).
+
+  Valid hyperparameters: finite `pos_margin >= 0` and `neg_margin > pos_margin`.
   """
   _checks.matrix_triple(dist, target, mask, "dist")
+  _check_margins(pos_margin, neg_margin)
   pos_w, neg_w = pair_weights(target, mask)
   pos = _generic.avg_nonzero(jax.nn.relu(dist - pos_margin), pos_w)
   neg = _generic.avg_nonzero(jax.nn.relu(neg_margin - dist), neg_w)
@@ -59,7 +77,7 @@ def contrastive_loss(embeddings: Array, labels: Array, ref_embeddings: Array | N
     labels: [B] int.
     ref_embeddings, ref_labels: optional references [R, d], [R]; default: the batch itself with
       self-pairs excluded.
-    pos_margin, neg_margin: margins on the distance.
+    pos_margin, neg_margin: margins on the distance, `0 <= pos_margin < neg_margin`.
     distance: "euclidean" (default), "squared_euclidean" or "cosine" (1 - cos).
     mask: optional [B, R] bool of pairs to keep (a miner's output).
   """
@@ -123,8 +141,8 @@ def triplet_margin_from_dist(dist: Array, target: Array, mask: Array | None = No
     dist: [Q, R] distances of anchors to references.
     target: [Q, R] in [0, 1]; a triplet (a, p, n) has weight `y_ap * (1 - y_an)`.
     mask: optional [Q, R] pairs to use (self-pairs, unmined pairs excluded).
-    margin: 0.05 (PML's TripletMarginLoss default; FaceNet used 0.2, the batch-hard paper 0.3
-      or a soft margin).
+    margin: finite, >= 0; 0.05 (PML's TripletMarginLoss default; FaceNet used 0.2, the
+      batch-hard paper 0.3 or a soft margin). Unused with `soft_margin`.
     triplets: "all": every valid triplet; "semihard": triplets with d_ap < d_an (the hinge then
       also requires d_an < d_ap + margin), the same value as PML's
       TripletMarginMiner(type_of_triplets="semihard") followed by TripletMarginLoss whenever the
@@ -135,7 +153,7 @@ def triplet_margin_from_dist(dist: Array, target: Array, mask: Array | None = No
 
   Returns:
     Scalar: the sum over triplets divided by the number of triplets with a non-zero loss (PML's
-    AvgNonZeroReducer); 0 when no triplet contributes.
+    AvgNonZeroReducer); 0 when no triplet contributes (also for an empty batch).
 
   "all" and "semihard" never build the [Q, R, R] triplet tensor: each anchor's negatives are
   sorted once and the hinge sums come from prefix sums, O(Q R log R) time and O(Q R) memory, with
@@ -143,6 +161,7 @@ def triplet_margin_from_dist(dist: Array, target: Array, mask: Array | None = No
   """
   _checks.matrix_triple(dist, target, mask, "dist")
   _checks.one_of(triplets, _TRIPLETS, "triplets")
+  _checks.number(margin, "margin", ge=0.0)
   pos_w, neg_w = pair_weights(target, mask)
   if triplets == "hard":
     has_p = jnp.any(pos_w > 0, axis=1)
@@ -190,7 +209,15 @@ def multi_similarity_from_sim(sim: Array, target: Array, mask: Array | None = No
   Defaults are PML's: alpha 2, beta 50, base 0.5 (the paper's lambda; its experiments used
   lambda = 1, alpha 2, beta 40 on some datasets). The paper's pair mining is separate:
   `jaxdml.miners.multi_similarity_miner`.
+
+  Valid hyperparameters: `alpha > 0`, `beta > 0` (a negative scale flips the sign of its term),
+  any finite `base`. Empty sets: an anchor without positives (negatives) gets 0 for that term, so
+  a batch without positive pairs gives the mean of the negative terms alone, and an empty batch
+  (or every pair masked) gives 0.
   """
+  _checks.number(alpha, "alpha", gt=0.0)
+  _checks.number(beta, "beta", gt=0.0)
+  _checks.number(base, "base")
   return _generic.generic_loss(
       sim, target, mask,
       rho_pos=lambda s: -alpha * (s - base),
@@ -207,7 +234,8 @@ def multi_similarity_loss(embeddings: Array, labels: Array, ref_embeddings: Arra
   """Multi-similarity loss on cosine similarities; see `multi_similarity_from_sim`.
 
   Args:
-    miner_epsilon: if given, first apply the paper's pair mining
+    alpha, beta: the positive and negative scales, > 0. base: the similarity offset, finite.
+    miner_epsilon: if given (finite), first apply the paper's pair mining
       (`jaxdml.miners.multi_similarity_miner`, epsilon 0.1 in the paper) to the pairs.
   """
   s, t, m = sim_inputs(embeddings, labels, ref_embeddings, ref_labels, mask=mask)
@@ -238,17 +266,23 @@ def margin_from_dist(dist: Array, target: Array, mask: Array | None = None, *,
   Args:
     dist: [Q, R] distances.
     target: [Q, R] in [0, 1]. mask: optional [Q, R] bool.
-    beta: the boundary; a scalar, or [Q] per-anchor values (e.g. `beta_per_class[labels]`).
-      Learn it by passing it from your parameter pytree (it receives gradients).
-    margin: alpha in the paper, 0.2.
-    nu: weight of the beta regulariser, 0 by default (as PML). Deviation from PML: PML adds a
+    beta: the boundary, >= 0; a scalar, or [Q] per-anchor values (e.g.
+      `beta_per_class[labels]`). Learn it by passing it from your parameter pytree (it receives
+      gradients; a traced value is not checked).
+    margin: alpha in the paper, 0.2; finite, >= 0.
+    nu: weight of the beta regulariser, >= 0 (a negative one rewards a large beta without
+      bound); 0 by default (as PML). Deviation from PML: PML adds a
       scalar (single, learned) beta's regulariser as `nu * beta` without dividing it; here it is
       always `nu * sum_t beta_a(t) / count`, as PML does for per-class betas and the original
       code for both.
 
-  Anchors without a positive or without a negative form no triplet and contribute nothing.
+  Anchors without a positive or without a negative form no triplet and contribute nothing; an
+  empty batch gives 0.
   """
   _checks.matrix_triple(dist, target, mask, "dist")
+  _checks.number(beta, "beta", ge=0.0)
+  _checks.number(margin, "margin", ge=0.0)
+  _checks.number(nu, "nu", ge=0.0)
   pos_w, neg_w = pair_weights(target, mask)
   b = jnp.asarray(beta, dist.dtype)
   if b.ndim == 1:
@@ -269,7 +303,8 @@ def margin_from_dist(dist: Array, target: Array, mask: Array | None = None, *,
            + jnp.sum(jnp.where((neg_w > 0) & (neg > 0), n_pos, 0.0)))
   if nu:
     total = total + nu * jnp.sum(jnp.broadcast_to(b, w_pos.shape) * w_pos * w_neg)
-  return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
+  # `0 * total`, not 0, where no term is non-zero: a NaN total stays NaN.
+  return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0 * total)
 
 
 def margin_loss(embeddings: Array, labels: Array, ref_embeddings: Array | None = None,
@@ -302,8 +337,13 @@ def lifted_structure_from_dist(dist: Array, target: Array, mask: Array | None = 
   batch of one class gives 0, as in PML. Deviation from PML: with a miner that leaves some
   positive pairs without negatives while others keep theirs, PML takes the empty log-sum as 0
   (J = d_ij - m_pos); here it is -inf, which is the formula's value.
+
+  Valid hyperparameters: any finite `neg_margin` and `pos_margin` (the loss is >= 0 for all).
+  An empty batch gives 0.
   """
   _checks.matrix_triple(dist, target, mask, "dist")
+  _checks.number(neg_margin, "neg_margin")
+  _checks.number(pos_margin, "pos_margin")
   if dist.shape[0] != dist.shape[1]:
     raise ValueError(f"lifted structure needs a square [B, B] `dist`, got {dist.shape}.")
   pos_w, neg_w = pair_weights(target, mask)
@@ -334,8 +374,12 @@ def generalized_lifted_structure_from_dist(dist: Array, target: Array,
   empty log-sum as 0, so an anchor without positives there still gives `[log sum_n ...]_+` (and
   one without negatives `[log sum_p ...]_+`). The two agree whenever every anchor has both, e.g.
   any class-balanced (P x K, K >= 2) batch of at least two classes.
+
+  Valid hyperparameters: any finite `pos_margin` and `neg_margin`. An empty batch gives 0.
   """
   _checks.matrix_triple(dist, target, mask, "dist")
+  _checks.number(pos_margin, "pos_margin")
+  _checks.number(neg_margin, "neg_margin")
   return _generic.generic_loss(
       dist, target, mask,
       rho_pos=lambda d: d - pos_margin, rho_neg=lambda d: neg_margin - d,
@@ -370,9 +414,13 @@ def circle_from_sim(sim: Array, target: Array, mask: Array | None = None, *,
   anchor, with self-paced weights `a_p = [1 + m - s_p]_+`, `a_n = [s_n + m]_+` treated as constants
   (no gradient through them, as in the paper and PML). Soft targets weight the exponentials.
   Averaged over anchors with a non-zero loss (PML's AvgNonZeroReducer); anchors lacking a positive
-  or a negative give 0. Defaults are PML's: m 0.4, gamma 80 (the paper used m 0.25, gamma 256
-  for face recognition).
+  or a negative give 0 (an empty batch gives 0). Defaults are PML's: m 0.4, gamma 80 (the paper
+  used m 0.25, gamma 256 for face recognition).
+
+  Valid hyperparameters: a finite `margin` (the relaxation m) and a scale `gamma > 0`.
   """
+  _checks.number(margin, "margin")
+  _checks.number(gamma, "gamma", gt=0.0)
   sg = jax.lax.stop_gradient
   per_anchor = _generic.generic_loss(
       sim, target, mask,
@@ -400,13 +448,15 @@ def supcon_from_sim(sim: Array, target: Array, mask: Array | None = None, *,
   Per anchor: `-(1/sum_p y) sum_p y s_ap / T + log sum_{x in mask} e^{s_ax / T}`: the mean over
   positives of the log-probability of each positive against every valid reference (positives
   included, self excluded). Averaged over anchors with a non-zero loss (PML's AvgNonZeroReducer);
-  an anchor without positives gives 0. Temperature 0.1 (PML; the paper used 0.1 too).
+  an anchor without positives gives 0, and so does an empty batch. Temperature: finite, > 0;
+  0.1 (PML; the paper used 0.1 too).
 
   Deviation from PML: PML returns 0 for the whole batch when it holds no negative pair at all
   (a single class); here each anchor still gets `log sum_x e^{s_ax/T} - mean_p s_ap/T`, the
   formula's value (> 0 unless all positives are equally similar). Batches with negatives agree.
   """
   _checks.matrix_triple(sim, target, mask)
+  _checks.number(temperature, "temperature", gt=0.0)
   pos_w, neg_w = pair_weights(target, mask)
   logits = sim / temperature
   all_w = jnp.where(pos_w + neg_w > 0, 1.0, 0.0)
@@ -431,11 +481,13 @@ def ntxent_from_sim(sim: Array, target: Array, mask: Array | None = None, *,
   """NT-Xent / InfoNCE (Chen et al., 2020; Oord et al., 2018) with labels, per positive pair.
 
   For each positive pair (a, p): `-log( e^{s_ap/T} / (e^{s_ap/T} + sum_n e^{s_an/T}) )`, averaged
-  over positive pairs (weighted by y for soft targets), as PML's NTXentLoss. Temperature 0.07 (PML).
-  Other positives of the anchor are not in the denominator. A pair whose anchor has no negatives
-  gives 0 (and still counts in the mean); no positive pair at all: 0.
+  over positive pairs (weighted by y for soft targets), as PML's NTXentLoss. Temperature: finite,
+  > 0; 0.07 (PML). Other positives of the anchor are not in the denominator. A pair whose anchor
+  has no negatives gives 0 (and still counts in the mean); no positive pair at all (or an empty
+  batch): 0.
   """
   _checks.matrix_triple(sim, target, mask)
+  _checks.number(temperature, "temperature", gt=0.0)
   pos_w, neg_w = pair_weights(target, mask)
   logits = sim / temperature
   lse_n, has_n = _generic.masked_logsumexp(logits, neg_w)
@@ -459,18 +511,24 @@ def n_pairs_loss(embeddings: Array, labels: Array, *, l2_reg: float = 0.0,
   (classes with one example take no part), which is PML's choice of one positive pair per label.
   Each anchor is scored against every class's positive: `-log( e^{s_ap} / sum_{classes c}
   e^{s_ac} )`, averaged over anchors: `softmax_generic_loss` on the [B/2, B/2] matrix of anchors
-  against positives (padded to a static size, padding masked). No class with two examples: 0.
+  against positives (padded to a static size, padding masked). No class with two examples: 0
+  (plus the `l2_reg` term); an empty batch (B = 0): 0. An example that takes part in no pair
+  (the third member of a class, a class of one) does not enter the loss: a NaN there changes
+  nothing (except through `l2_reg`), while a NaN in a scored example makes the loss NaN.
 
   Args:
     embeddings: [B, d] float. labels: [B] int.
-    l2_reg: adds the paper's `l2_reg * mean ||f||^2` of the raw embeddings (0.002 in the paper;
-      PML adds none by default).
+    l2_reg: >= 0; adds the paper's `l2_reg * mean ||f||^2` of the raw embeddings (0.002 in the
+      paper; PML adds none by default).
     normalize: True (default, as PML's NPairsLoss, whose DotProductSimilarity normalises the
       embeddings): `s` is the cosine similarity, with no temperature. False: the paper's inner
       product of unnormalised embeddings (use it with `l2_reg`).
   """
   _checks.embeddings(embeddings)
   _checks.labels(labels, embeddings.shape[0])
+  _checks.number(l2_reg, "l2_reg", ge=0.0)
+  if embeddings.shape[0] == 0:  # no example, no pair: the documented 0
+    return jnp.zeros((), embeddings.dtype)
   same = labels[:, None] == labels[None, :]
   earlier = jnp.tril(same, k=-1)  # j < i with the same label
   rank = jnp.sum(earlier, axis=1)  # rank of example i within its class
@@ -485,11 +543,15 @@ def n_pairs_loss(embeddings: Array, labels: Array, *, l2_reg: float = 0.0,
   a_idx = jnp.nonzero(anchor & has_pos, size=n, fill_value=0)[0]
   valid = jnp.arange(n) < jnp.sum(anchor & has_pos)
   p_idx = pos_of[a_idx]
-  z = similarity.l2_normalize(embeddings) if normalize else embeddings
-  sim = z[a_idx] @ z[p_idx].T
+  # Gather, then normalise: an example that takes part in no pair gets an exact zero gradient,
+  # even when it is NaN (normalising it first would send 0 * NaN back to it).
+  za, zp = embeddings[a_idx], embeddings[p_idx]
+  if normalize:
+    za, zp = similarity.l2_normalize(za), similarity.l2_normalize(zp)
+  sim = za @ zp.T
   target = jnp.eye(n, dtype=sim.dtype)  # anchor i's positive is column i
   mask = valid[:, None] & valid[None, :]
   loss = _generic.softmax_generic_loss(sim, target, mask)
-  if l2_reg:
+  if _checks.is_traced(l2_reg) or l2_reg:
     loss = loss + l2_reg * jnp.mean(jnp.sum(jnp.square(embeddings), axis=1))
   return loss

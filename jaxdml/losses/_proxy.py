@@ -21,6 +21,11 @@ Labels outside [0, C) cannot be checked under `jax.jit`. The wrappers treat them
 one-hot row of such a label is all zero, and the wrappers also mask the whole row, so the example
 takes no part in the loss (it contributes 0, is left out of every average, and gets zero gradient).
 A label of -1 can therefore mark padding. pytorch-metric-learning (PML) raises an error instead.
+
+Hyperparameters given as numbers (or concrete arrays) are checked when the function is called or
+traced, with an error naming the argument (each docstring says what is valid); traced values
+(a learned scale) are not checked. A NaN (or inf) embedding or proxy makes the loss NaN. An empty
+batch gives 0 (SoftTriple: its centre regulariser alone).
 """
 
 from __future__ import annotations
@@ -68,8 +73,8 @@ def init_proxies(
 
   Args:
     key: a `jax.random` key.
-    num_classes: C, the number of classes.
-    dim: d, the embedding dimension.
+    num_classes: C, the number of classes, an int >= 1.
+    dim: d, the embedding dimension, an int >= 1.
     method: one of
       * "normal": i.i.d. N(0, 1). PML's default for every loss with weights (ProxyNCA, normalized
         softmax, ArcFace, CosFace). ProxyNCA++ (Teh et al., 2020) uses N(0, 1) / 8; since the
@@ -82,9 +87,9 @@ def init_proxies(
         et al., 2019) and PML's SoftTripleLoss.
       or a loss name from `DEFAULT_INIT` ("proxy_anchor", "soft_triple", "proxy_nca",
       "normalized_softmax", "arcface", "cosface"), which selects that loss's initialiser.
-    centers_per_class: K. None gives proxies of shape [C, d]; an integer gives centres of shape
-      [C, K, d] (for `soft_triple_loss`). With `method="soft_triple"` None means K = 10, the
-      SoftTriple default.
+    centers_per_class: K, an int >= 1. None gives proxies of shape [C, d]; an integer gives
+      centres of shape [C, K, d] (for `soft_triple_loss`). With `method="soft_triple"` None
+      means K = 10, the SoftTriple default.
     dtype: floating dtype of the result.
 
   Returns:
@@ -94,12 +99,13 @@ def init_proxies(
     centers_per_class = 10
   method = DEFAULT_INIT.get(method, method)
   _checks.one_of(method, INIT_METHODS, "method")
+  _checks.positive_int(num_classes, "num_classes")
+  _checks.positive_int(dim, "dim")
   if centers_per_class is None:
     shape = (num_classes, dim)
     n = num_classes
   else:
-    if centers_per_class < 1:
-      raise ValueError(f"`centers_per_class` must be >= 1, got {centers_per_class}.")
+    _checks.positive_int(centers_per_class, "centers_per_class")
     shape = (num_classes, centers_per_class, dim)
     n = num_classes * centers_per_class
   if method == "normal":
@@ -116,9 +122,8 @@ def init_proxies(
 
 
 def _check_positive(value, name: str) -> None:
-  """Checks a hyperparameter when it is a concrete number (a traced value is left alone)."""
-  if isinstance(value, (int, float)):
-    _checks.positive(value, name)
+  """Checks that a hyperparameter is finite and > 0 unless it is traced."""
+  _checks.number(value, name, gt=0.0)
 
 
 def _check_inputs(embeddings: Array, labels: Array, proxies: Array, rank: int, name: str) -> None:
@@ -172,8 +177,8 @@ def proxy_anchor_from_sim(
     target: [B, C] soft targets in [0, 1]; a mixed example counts as positive with weight y and as
       negative with weight 1 - y.
     mask: optional [B, C] bool; False removes the (example, proxy) pair.
-    margin: delta, default 0.1.
-    alpha: scale, default 32.
+    margin: delta, default 0.1; finite.
+    alpha: scale, default 32; > 0.
 
   Returns:
     Scalar loss; 0 (finite, zero gradient) when the batch is empty.
@@ -182,6 +187,7 @@ def proxy_anchor_from_sim(
   """
   _checks.matrix_triple(sim, target, mask)
   _check_positive(alpha, "alpha")
+  _checks.number(margin, "margin")
   return generic_loss(
       sim.T,
       target.T,
@@ -214,8 +220,8 @@ def proxy_anchor_loss(
     labels: [B] integer labels in [0, C). Out-of-range labels (e.g. -1) drop the example: it is
       neither a positive nor a negative for any proxy.
     proxies: [C, d] class proxies (normalised inside).
-    margin: delta.
-    alpha: scale.
+    margin: delta, finite.
+    alpha: scale, > 0.
 
   Returns:
     Scalar loss.
@@ -384,8 +390,11 @@ def arcface_margin_cosine(cos: Array, margin: float = 0.5, eps: float = 1e-7) ->
   without `arccos`: cos(theta + m) = cos(theta) cos(m) - sin(theta) sin(m) with
   sin(theta) = sqrt(1 - cos^2), and theta <= pi - m is cos(theta) >= -cos(m). `cos` is clipped to
   [-1 + eps, 1 - eps] inside the square root (eps is raised to the dtype's machine epsilon if
-  smaller), so the gradient is finite everywhere, including cos = +-1.
+  smaller), so the gradient is finite everywhere, including cos = +-1. Valid: `0 <= margin < pi`,
+  `0 < eps < 1`; NaN cosines stay NaN.
   """
+  _checks.number(margin, "margin", ge=0.0, lt=math.pi)
+  _checks.number(eps, "eps", gt=0.0, lt=1.0)
   eps = max(float(eps), float(jnp.finfo(cos.dtype).eps))
   c = jnp.clip(cos, -1.0 + eps, 1.0 - eps)
   sin_theta = jnp.sqrt(1.0 - c * c)
@@ -415,9 +424,9 @@ def arcface_from_sim(
     sim: [B, C] cosine similarities in [-1, 1].
     target: [B, C] soft targets.
     mask: optional [B, C] bool.
-    margin: m in radians, default 0.5.
-    scale: s, default 64.
-    eps: clipping of cos before arccos.
+    margin: m in radians, default 0.5; 0 <= m < pi.
+    scale: s, default 64; > 0.
+    eps: clipping of cos before arccos, 0 < eps < 1.
     reduction: as in `softmax_generic_loss`.
   """
   _checks.matrix_triple(sim, target, mask)
@@ -449,10 +458,10 @@ def arcface_loss(
     embeddings: [B, d].
     labels: [B] integer labels in [0, C); out-of-range labels drop the example.
     proxies: [C, d] class weights (PML: `W [d, C]`, transposed).
-    margin: m in radians. PML takes degrees, default 28.6 deg = 0.49916 rad; pass
+    margin: m in radians, 0 <= m < pi. PML takes degrees, default 28.6 deg = 0.49916 rad; pass
       `math.radians(28.6)` to match it exactly.
-    scale: s.
-    eps: cos is clipped to [-1 + eps, 1 - eps] before arccos.
+    scale: s, > 0.
+    eps: cos is clipped to [-1 + eps, 1 - eps] before arccos, 0 < eps < 1.
 
   Returns:
     Scalar loss.
@@ -487,12 +496,13 @@ def cosface_from_sim(
     sim: [B, C] cosine similarities.
     target: [B, C] soft targets.
     mask: optional [B, C] bool.
-    margin: m, default 0.35.
-    scale: s, default 64.
+    margin: m, default 0.35; finite, >= 0.
+    scale: s, default 64; > 0.
     reduction: as in `softmax_generic_loss`.
   """
   _checks.matrix_triple(sim, target, mask)
   _check_positive(scale, "scale")
+  _checks.number(margin, "margin", ge=0.0)
   logits = scale * (sim - margin * target.astype(sim.dtype))
   return softmax_generic_loss(logits, target, mask, reduction=reduction)
 
@@ -516,8 +526,8 @@ def cosface_loss(
     embeddings: [B, d].
     labels: [B] integer labels in [0, C); out-of-range labels drop the example.
     proxies: [C, d] class weights (PML: `W [d, C]`, transposed).
-    margin: m.
-    scale: s.
+    margin: m, >= 0.
+    scale: s, > 0.
 
   Returns:
     Scalar loss.
@@ -537,7 +547,10 @@ def cosface_loss(
 
 
 def soft_triple_class_similarity(sim: Array, gamma: float = 0.1) -> Array:
-  """Relaxed class similarity `S_c = sum_k softmax_k(s_ck / gamma) s_ck`, [B, C, K] -> [B, C]."""
+  """Relaxed class similarity `S_c = sum_k softmax_k(s_ck / gamma) s_ck`, [B, C, K] -> [B, C].
+
+  `gamma` > 0.
+  """
   _checks.check_rank(sim, 3, "sim", "[batch, num_classes, centers_per_class]")
   _checks.check_floating(sim, "sim")
   _check_positive(gamma, "gamma")
@@ -564,9 +577,9 @@ def soft_triple_from_sim(
     sim: [B, C, K] cosine similarities of embeddings to the K centres of each class.
     target: [B, C] soft targets.
     mask: optional [B, C] bool.
-    la: lambda, the softmax scale, default 20.
-    gamma: entropy temperature of the centre softmax, default 0.1 (PML stores 1/gamma).
-    margin: delta, default 0.01.
+    la: lambda, the softmax scale, default 20; > 0.
+    gamma: entropy temperature of the centre softmax, default 0.1 (PML stores 1/gamma); > 0.
+    margin: delta, default 0.01; finite, >= 0.
     reduction: as in `softmax_generic_loss`.
 
   Returns:
@@ -581,6 +594,7 @@ def soft_triple_from_sim(
     raise ValueError(
         f"`mask` must have shape {tuple(sim.shape[:2])} to match `sim`, got {tuple(mask.shape)}.")
   _check_positive(la, "la")
+  _checks.number(margin, "margin", ge=0.0)
   logits = la * (class_sim - margin * target.astype(class_sim.dtype))
   return softmax_generic_loss(logits, target, mask, reduction=reduction)
 
@@ -636,13 +650,13 @@ def soft_triple_loss(
     labels: [B] integer labels in [0, C); out-of-range labels drop the example.
     centers: [C, K, d] class centres. PML stores them as `fc [d, C*K]`, class-major:
       `centers = fc.T.reshape(C, K, d)`.
-    la: lambda.
-    gamma: centre-softmax temperature.
-    margin: delta.
-    tau: weight of the centre regulariser; 0 disables it.
+    la: lambda, > 0.
+    gamma: centre-softmax temperature, > 0.
+    margin: delta, >= 0.
+    tau: weight of the centre regulariser, >= 0; 0 disables it.
 
   Returns:
-    Scalar loss.
+    Scalar loss; for an empty batch, `tau * R(centers)` (the classification term is 0).
 
   Differences from PML: PML's SoftTripleLoss has no regulariser of its own (tau = 0 in effect). The
   paper's term is obtained there by passing
@@ -651,6 +665,7 @@ def soft_triple_loss(
   smallest positive number instead of the paper's 1e-5 inside the square root.
   """
   _check_inputs(embeddings, labels, centers, 3, "centers")
+  _checks.number(tau, "tau", ge=0.0)
   c, k, d = centers.shape
   b = embeddings.shape[0]
   sim = similarity.cosine(embeddings, centers.reshape(c * k, d)).reshape(b, c, k)
