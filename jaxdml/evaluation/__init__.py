@@ -18,6 +18,7 @@ This layer depends only on `jaxdml.similarity`, `jaxdml.geometry`, JAX and NumPy
 
 from jaxdml.evaluation._clustering import clustering_f1, clustering_metrics, kmeans, nmi
 from jaxdml.evaluation._metrics import (
+    LoneQueryWarning,
     map_at_r,
     mean_average_precision,
     num_relevant,
@@ -30,6 +31,7 @@ from jaxdml.evaluation._search import knn
 from jaxdml.evaluation._sharded import default_mesh, sharded_knn
 
 __all__ = [
+    "LoneQueryWarning",
     "clustering_f1",
     "clustering_metrics",
     "default_mesh",

@@ -118,7 +118,8 @@ def kmeans(
   Lloyd iterations then alternate assignment and mean update in a `lax.while_loop` until the
   assignments stop changing or `num_iters` is reached; an empty cluster keeps its centre. The
   result is a deterministic function of the key. Jit-compatible with `num_clusters`,
-  `num_iters` and `chunk_size` static.
+  `num_iters` and `chunk_size` static. Points are not checked for NaN (that would not work under
+  jit); `clustering_metrics` rejects them.
 
   Args:
     x: [N, d] floating-point points.
@@ -279,6 +280,11 @@ def clustering_metrics(
   Returns:
     {"nmi": ..., "f1": ...} as Python floats.
 
+  Raises:
+    ValueError: NaN or inf embeddings; no embedding; fewer than two classes, or only classes of
+      one member (with as many clusters as points both metrics are 1.0 whatever the
+      embeddings); bad shapes.
+
   Example:
     >>> emb = jnp.concatenate([jnp.zeros((4, 2)), jnp.ones((4, 2))]) + jnp.arange(8)[:, None] * 1e-3
     >>> m = clustering_metrics(emb, jnp.array([0] * 4 + [1] * 4), normalize=False)
@@ -291,6 +297,14 @@ def clustering_metrics(
   num_classes = len(np.unique(y))
   if num_classes == 0:
     raise ValueError("`embeddings` is empty.")
+  _checks.all_finite(embeddings, "embeddings", "k-means of non-finite points is meaningless")
+  if num_classes < 2:
+    raise ValueError(f"clustering metrics need at least two classes, but `labels` hold only the "
+                     f"class {np.unique(y)[0]}: NMI and F1 would be 1.0 whatever the embeddings.")
+  if num_classes == len(y):
+    raise ValueError(f"every class in `labels` has one member ({num_classes} classes, "
+                     f"{len(y)} points): with one cluster per point NMI and F1 are 1.0 whatever "
+                     "the embeddings.")
   x = similarity_lib.l2_normalize(embeddings) if normalize else embeddings
   _, assign = kmeans(x, num_classes, seed=seed, num_iters=num_iters)
   assign = np.asarray(assign)

@@ -7,16 +7,28 @@ The definitions follow pytorch-metric-learning's `AccuracyCalculator`:
 * R, the number of relevant references of a query, counts the references with the query's label,
   the query itself excluded;
 * queries with R = 0 ("lone" labels: the label never occurs among the references, or only in the
-  query itself) are left out of every average. If all queries are lone the metrics are NaN.
+  query itself) are left out of every average.
 
 The metric functions take the labels of the retrieved neighbours, `neighbor_labels [Q, K]`
 (`ref_labels[indices]` from `knn`), so that one search serves all of them; `retrieval_metrics`
-does the search and returns them all. They are jit-compatible (`ks` static).
+does the search and returns them all. They are jit-compatible (`ks` static), and as building
+blocks they do not judge their inputs: with no valid query they return NaN.
+
+`retrieval_metrics` and `mean_average_precision` take embeddings and judge them first (every
+check below is an error, except the warning):
+* NaN or inf embeddings: their neighbours would be arbitrary (a NaN scores above everything);
+* fewer than two classes among the references: every metric would be 1.0 whatever the
+  embeddings;
+* a Recall@k cut-off above the number of candidate references per query;
+* lone queries are left out and counted: a `LoneQueryWarning` says how many; when every query
+  is lone (e.g. all classes are singletons in a leave-one-out evaluation) there is nothing to
+  measure and it is an error.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Sequence
 
 import jax
@@ -30,6 +42,10 @@ from jaxdml.evaluation import _search, _sharded
 from jaxdml.geometry import poincare
 
 Array = jax.Array
+
+
+class LoneQueryWarning(UserWarning):
+  """Some queries have no relevant reference (R = 0) and were left out of the retrieval metrics."""
 
 
 def _concrete(x) -> np.ndarray | None:
@@ -307,6 +323,38 @@ def _check_pair(embeddings, labels, ref_embeddings, ref_labels):
                        f"have dimension {ref_embeddings.shape[1]}.")
 
 
+def _judge_inputs(embeddings, ref_embeddings, ql: np.ndarray, rl: np.ndarray,
+                  same: bool) -> np.ndarray:
+  """The eager checks of `retrieval_metrics` and `mean_average_precision`; returns R per query.
+
+  Raises for non-finite embeddings, fewer than two reference classes, no query or only lone
+  queries; warns (`LoneQueryWarning`) with the number of lone queries when there are some.
+  """
+  why = "their neighbours would be arbitrary; find where they come from (e.g. a diverged model)"
+  _checks.all_finite(embeddings, "embeddings", why)
+  if not same:
+    _checks.all_finite(ref_embeddings, "ref_embeddings", why)
+  if ql.size == 0:
+    raise ValueError("retrieval metrics need at least one query; `embeddings` is empty.")
+  classes = np.unique(rl)
+  if len(classes) < 2:
+    where = "`labels`" if same else "`ref_labels`"
+    held = f"only the class {classes[0]}" if len(classes) else "no class"
+    raise ValueError(f"retrieval needs at least two classes among the references, but {where} "
+                     f"hold {held}: every metric would be 1.0 whatever the embeddings.")
+  r = _num_relevant_np(ql, rl, exclude_self=same)
+  lone = int(np.sum(r == 0))
+  what = ("their label occurs once (a singleton class)" if same else
+          "their label does not occur among `ref_labels`")
+  if lone == len(r):
+    raise ValueError(f"all {lone} queries are lone: {what}, so no query has a relevant "
+                     "reference and there is nothing to measure.")
+  if lone:
+    warnings.warn(f"{lone} of {len(r)} queries are lone ({what}) and are left out of the "
+                  "retrieval metrics.", LoneQueryWarning, stacklevel=3)
+  return r
+
+
 def mean_average_precision(
     embeddings: Array,
     labels: Array,
@@ -338,15 +386,30 @@ def mean_average_precision(
     chunk_size: queries per step.
 
   Returns:
-    mAP as a Python float (NaN when no query has a relevant reference).
+    mAP as a Python float, over the queries with a relevant reference.
+
+  Raises:
+    ValueError: NaN or inf embeddings, fewer than two classes among the references, no query, or
+      no query with a relevant reference (all lone); and bad shapes or arguments.
+
+  Warns:
+    LoneQueryWarning: with the number of lone queries, when some (not all) are.
   """
   _check_pair(embeddings, labels, ref_embeddings, ref_labels)
   _checks.one_of(similarity, tuple(similarity_lib.SIMILARITIES), "similarity")
   chunk_size = _search._check_int(chunk_size, "chunk_size")
   same = ref_embeddings is None
-  q, r, r_half_sq = _search._prepare(embeddings, ref_embeddings, similarity)
   ql = np.asarray(labels)
   rl = ql if same else np.asarray(ref_labels)
+  _judge_inputs(embeddings, ref_embeddings, ql, rl, same)
+  return _full_map(embeddings, ref_embeddings, ql, rl, similarity, chunk_size)
+
+
+def _full_map(embeddings, ref_embeddings, ql: np.ndarray, rl: np.ndarray, similarity: str,
+              chunk_size: int) -> float:
+  """`mean_average_precision` once its inputs are checked (NaN when no query is valid)."""
+  same = ref_embeddings is None
+  q, r, r_half_sq = _search._prepare(embeddings, ref_embeddings, similarity)
   rel = _relevant_lists(ql, rl, exclude_self=same)
   num_q = q.shape[0]
   chunk = max(1, min(chunk_size, num_q))
@@ -382,15 +445,17 @@ def retrieval_metrics(
   With `ref_embeddings=None` the queries are their own references and each query is left out of
   its own results, as in the standard protocol (Musgrave et al. 2020, "compared to self"); then a
   label seen only once is lone. Queries whose label has no other reference (R = 0) are left out
-  of every metric, as in pytorch-metric-learning. The search fetches
-  `max(max(ks), max R)` neighbours, so R-Precision and MAP@R are exact.
+  of every metric, as in pytorch-metric-learning, and counted: a `LoneQueryWarning` gives their
+  number (`int((evaluation.num_relevant(labels) == 0).sum())` in the leave-one-out case). The
+  search fetches `max(max(ks), max R)` neighbours, so R-Precision and MAP@R are exact.
 
   Args:
     embeddings: [Q, d] query embeddings.
     labels: [Q] integer query labels.
     ref_embeddings: [N, d] reference embeddings, or None (leave-one-out on the queries).
     ref_labels: [N] integer reference labels, given with `ref_embeddings`.
-    ks: Recall@k cut-offs; a k above the number of candidates is clipped to it.
+    ks: Recall@k cut-offs, ints from 1 to the number of candidate references per query (N, or
+      N - 1 when each query is left out of its own results), as `k` of `knn`.
     similarity: "cosine", "dot", "neg_squared_euclidean", or "poincare" for embeddings in the
       Poincare ball of curvature parameter `c` (HIER, Hyp-ViT): neighbours by hyperbolic
       distance (`jaxdml.geometry.poincare.hyperbolic_knn`). The "poincare" search runs on one
@@ -406,7 +471,17 @@ def retrieval_metrics(
 
   Returns:
     Python floats under "recall@<k>" for each k, "precision@1", "r_precision", "map@r" and,
-    with `full_map`, "map". NaN when every query is lone.
+    with `full_map`, "map", averaged over the queries that are not lone.
+
+  Raises:
+    ValueError: NaN or inf embeddings (their neighbours would be arbitrary); fewer than two
+      classes among the references (every metric would be 1.0); a k of `ks` above the number of
+      candidates; no query, or every query lone (e.g. all classes singletons); and bad shapes
+      or arguments.
+    TypeError: non-floating embeddings, non-integer labels or `ks`.
+
+  Warns:
+    LoneQueryWarning: with the number of lone queries, when some (not all) are.
 
   References:
     Musgrave, Belongie and Lim, "A Metric Learning Reality Check", ECCV 2020 (MAP@R,
@@ -429,11 +504,14 @@ def retrieval_metrics(
   same = ref_embeddings is None
   ql = np.asarray(labels)
   rl = ql if same else np.asarray(ref_labels)
-  r = _num_relevant_np(ql, rl, exclude_self=same)
   num_refs = len(rl)
   num_candidates = num_refs - int(same)
   if num_candidates < 1:
     raise ValueError("retrieval metrics need at least one candidate reference per query.")
+  if max(ks) > num_candidates:
+    raise ValueError(f"`ks` holds {max(ks)}, more than the {num_candidates} candidate references "
+                     "per query: Recall@k would be 1.0 by construction. Use smaller cut-offs.")
+  r = _judge_inputs(embeddings, ref_embeddings, ql, rl, same)
   k_search = min(max(max(ks), int(r.max()) if r.size else 1), num_candidates)
   hyperbolic = similarity == "poincare"
   if hyperbolic:
@@ -446,13 +524,12 @@ def retrieval_metrics(
   else:
     _, idx = _sharded.sharded_knn(embeddings, ref_embeddings, k_search, similarity=similarity,
                                   chunk_size=chunk_size, mesh=mesh)
-  clipped = tuple(min(k, k_search) for k in ks)
-  recalls, p1, rp, mapr = _knn_metrics(rl[np.asarray(idx)], ql, r, ks=clipped)
+  recalls, p1, rp, mapr = _knn_metrics(rl[np.asarray(idx)], ql, r, ks=ks)
   out = {f"recall@{k}": float(v) for k, v in zip(ks, np.asarray(recalls), strict=True)}
   out["precision@1"] = float(p1)
   out["r_precision"] = float(rp)
   out["map@r"] = float(mapr)
   if full_map and not hyperbolic:
-    out["map"] = mean_average_precision(embeddings, labels, ref_embeddings, ref_labels,
-                                        similarity=similarity, chunk_size=max(1, chunk_size // 4))
+    out["map"] = _full_map(embeddings, ref_embeddings, ql, rl, similarity,
+                           max(1, chunk_size // 4))
   return out

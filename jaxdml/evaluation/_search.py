@@ -328,6 +328,10 @@ def knn(
       rounding.
     indices: [Q, k] int32 reference indices. Ties between equal scores are broken arbitrarily.
 
+  NaN is not checked for (that would not work under jit) and propagates: a NaN score ranks above
+  every number, so a NaN query gets NaN scores and a NaN reference is everyone's neighbour.
+  `retrieval_metrics` rejects non-finite embeddings.
+
   Raises:
     ValueError: bad rank, dimension mismatch, `k` larger than the number of candidates,
       `exclude_self` with fewer references than queries, unknown `similarity`.

@@ -123,6 +123,13 @@ def test_clustering_metrics_on_blobs():
     (lambda: ev.nmi([0.5, 1.0], [0, 1]), TypeError, "`labels_true`"),
     (lambda: ev.clustering_f1([[0, 1]], [[0, 1]]), ValueError, "`labels_true`"),
     (lambda: ev.clustering_metrics(BLOB_X, BLOB_Y[:10]), ValueError, "`labels`"),
+    # degenerate: 1.0 whatever the embeddings (one class; one class per point); NaN points
+    (lambda: ev.clustering_metrics(BLOB_X, np.zeros(len(BLOB_X), np.int32)), ValueError,
+     "at least two classes"),
+    (lambda: ev.clustering_metrics(BLOB_X, np.arange(len(BLOB_X), dtype=np.int32)), ValueError,
+     "one member"),
+    (lambda: ev.clustering_metrics(np.where(np.arange(len(BLOB_X))[:, None] == 2, np.nan,
+                                            BLOB_X), BLOB_Y), ValueError, "`embeddings` holds NaN"),
 ])
 def test_bad_inputs(call, error, match):
   with pytest.raises(error, match=match):

@@ -30,12 +30,12 @@ from jaxdml import evaluation as ev
 LINE_X = np.array([[0.0], [0.1], [-0.5], [1.0], [1.2]], np.float32)
 LINE_Y = np.array([0, 0, 1, 1, 0], np.int32)
 LINE_EXPECTED = {
-    "recall@1": 0.4, "recall@2": 0.6, "recall@4": 1.0, "recall@8": 1.0, "precision@1": 0.4,
+    "recall@1": 0.4, "recall@2": 0.6, "recall@4": 1.0, "precision@1": 0.4,
     "r_precision": 0.3, "map@r": 0.25, "map": 8 / 15,
 }
 
 
-def _metrics(x, y, rx=None, ry=None, ks=(1, 2, 4, 8), similarity="neg_squared_euclidean", **kw):
+def _metrics(x, y, rx=None, ry=None, ks=(1, 2, 4), similarity="neg_squared_euclidean", **kw):
   return ev.retrieval_metrics(x, y, rx, ry, ks=ks, similarity=similarity, chunk_size=4, **kw)
 
 
@@ -53,19 +53,85 @@ def test_lone_queries_are_left_out():
   # the means are those of the five queries. Then with references: a query label absent from them.
   x = np.concatenate([LINE_X, [[5.0]]]).astype(np.float32)
   y = np.concatenate([LINE_Y, [9]]).astype(np.int32)
-  got = _metrics(x, y)
+  with pytest.warns(ev.LoneQueryWarning, match="1 of 6 queries are lone"):
+    got = _metrics(x, y)
   for key, value in LINE_EXPECTED.items():
     assert got[key] == pytest.approx(value, abs=1e-6), key
   np.testing.assert_array_equal(np.asarray(ev.num_relevant(jnp.asarray(y))), [2, 2, 1, 1, 2, 0])
   q, yq = np.array([[0.05], [3.0]], np.float32), np.array([0, 7], np.int32)
   ref = _metrics(q[:1], yq[:1], LINE_X, LINE_Y)
-  with_lone = _metrics(q, yq, LINE_X, LINE_Y)
+  with pytest.warns(ev.LoneQueryWarning, match="1 of 2 queries.*not occur among `ref_labels`"):
+    with_lone = _metrics(q, yq, LINE_X, LINE_Y)
   assert ref == pytest.approx(with_lone)
+  with pytest.warns(ev.LoneQueryWarning, match="1 of 6"):
+    assert ev.mean_average_precision(x, y, similarity="neg_squared_euclidean") == pytest.approx(
+        8 / 15)
 
 
-def test_all_lone_is_nan():
-  got = _metrics(LINE_X, np.arange(5, dtype=np.int32))
-  assert all(np.isnan(v) for v in got.values())
+def test_no_warning_without_lone_queries(recwarn):
+  _metrics(LINE_X, LINE_Y)
+  assert not [w for w in recwarn if issubclass(w.category, ev.LoneQueryWarning)]
+
+
+def test_all_lone_is_an_error():
+  # All classes singletons: there is no relevant reference to find. This used to give NaN.
+  with pytest.raises(ValueError, match="all 5 queries are lone.*singleton"):
+    _metrics(LINE_X, np.arange(5, dtype=np.int32))
+  with pytest.raises(ValueError, match="all 5 queries are lone"):
+    ev.mean_average_precision(LINE_X, np.arange(5, dtype=np.int32))
+  with pytest.raises(ValueError, match="all 2 queries are lone"):
+    _metrics(LINE_X[:2], np.array([7, 8], np.int32), LINE_X, LINE_Y)
+
+
+def test_one_class_is_an_error():
+  # Every metric was 1.0 whatever the embeddings.
+  one = np.zeros(5, np.int32)
+  with pytest.raises(ValueError, match="at least two classes.*`labels`"):
+    _metrics(LINE_X, one)
+  with pytest.raises(ValueError, match="at least two classes.*`ref_labels`"):
+    _metrics(LINE_X[:2], LINE_Y[:2], LINE_X, one)
+  with pytest.raises(ValueError, match="at least two classes"):
+    ev.mean_average_precision(LINE_X, one)
+  with pytest.raises(ValueError, match="at least two classes"):
+    _metrics(LINE_X, one, similarity="poincare")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_embeddings_are_an_error(bad):
+  # A NaN scores above every number: it used to be everyone's nearest neighbour, and the metrics
+  # came out finite.
+  x = LINE_X.copy()
+  x[3, 0] = bad
+  with pytest.raises(ValueError, match="`embeddings` holds NaN or inf.*row 3"):
+    _metrics(x, LINE_Y)
+  with pytest.raises(ValueError, match="`ref_embeddings` holds NaN or inf"):
+    _metrics(LINE_X[:2], LINE_Y[:2], x, LINE_Y)
+  with pytest.raises(ValueError, match="`embeddings` holds NaN or inf"):
+    ev.mean_average_precision(jnp.asarray(x), LINE_Y)
+  with pytest.raises(ValueError, match="`embeddings` holds NaN or inf"):
+    _metrics(x, LINE_Y, similarity="poincare")
+
+
+def test_the_jittable_building_blocks_keep_nan():
+  # The metric functions do not judge: no valid query gives NaN, under jit.
+  nl, qy = jnp.asarray(NEIGHBORS), jnp.asarray(QUERY_Y)
+  none = jnp.zeros(4, jnp.int32)
+  assert np.isnan(float(jax.jit(ev.r_precision)(nl, qy, none)))
+  assert np.isnan(float(jax.jit(ev.map_at_r)(nl, qy, none)))
+  valid = jnp.zeros(4, bool)
+  assert np.isnan(np.asarray(jax.jit(functools.partial(ev.recall_at_k, ks=(1,)))(
+      nl, qy, valid=valid))).all()
+
+
+def test_ks_above_the_candidates_is_an_error():
+  # Leave-one-out over 5 points: 4 candidates. Recall@8 used to be clipped to recall@4 (1.0).
+  with pytest.raises(ValueError, match="`ks` holds 8, more than the 4 candidate"):
+    _metrics(LINE_X, LINE_Y, ks=(1, 8))
+  assert _metrics(LINE_X, LINE_Y, ks=(4,))["recall@4"] == 1.0  # exactly the gallery: fine
+  with pytest.raises(ValueError, match="`ks` holds 6, more than the 5 candidate"):
+    _metrics(LINE_X[:2], LINE_Y[:2], LINE_X, LINE_Y, ks=(6,))
+  with pytest.raises(ValueError, match="`ks`"):
+    _metrics(LINE_X, LINE_Y, ks=(5,), similarity="poincare")
 
 
 def naive_metrics(q, yq, r, yr, ks, exclude_self):
@@ -110,7 +176,8 @@ def test_matches_naive_loops(separate_refs):
   else:
     args = (x, y, None, None)
     expected = naive_metrics(x, y, x, y, (1, 2, 4, 8), True)
-  got = _metrics(*args, similarity="cosine")
+  with pytest.warns(ev.LoneQueryWarning):  # the lone label 50 (and absent labels)
+    got = _metrics(*args, ks=(1, 2, 4, 8), similarity="cosine")
   for key, value in expected.items():
     assert got[key] == pytest.approx(value, abs=1e-6), key
 
@@ -157,6 +224,7 @@ def test_metric_functions_under_jit():
     (lambda: ev.retrieval_metrics(LINE_X, LINE_Y.astype(np.float32)), TypeError, "`labels`"),
     (lambda: ev.retrieval_metrics(LINE_X, LINE_Y[:4]), ValueError, "`labels`"),
     (lambda: ev.retrieval_metrics(LINE_X, LINE_Y, ks=(0,)), ValueError, "`ks`"),
+    (lambda: ev.retrieval_metrics(LINE_X, LINE_Y, ks=(1, 2, 4, 8)), ValueError, "`ks`"),
     (lambda: ev.retrieval_metrics(LINE_X, LINE_Y, similarity="l2"), ValueError, "`similarity`"),
     (lambda: ev.map_at_r(NEIGHBORS[:, :2], QUERY_Y, NUM_REL), ValueError, "k >= max"),
     (lambda: ev.recall_at_k(NEIGHBORS, QUERY_Y, ks=(5,)), ValueError, "`ks`"),
