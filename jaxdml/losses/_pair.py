@@ -115,6 +115,8 @@ def _all_triplets(dist, pos_w, neg_w, margin, semihard):
   sum_n w_n (x - d_an) = x * W(x) - D(x). Semi-hard keeps d_ap < d_an only.
   """
   active = neg_w > 0
+  # A NaN distance leaves the order of its row undefined, but not the result: x = d + margin is
+  # NaN at that pair, and the total sums pos_w * per_pair over every pair, so it is NaN.
   keys = jnp.where(active, jax.lax.stop_gradient(dist), jnp.inf)
   order = argsort_rows(keys)
   keys = jnp.take_along_axis(keys, order, axis=1)
