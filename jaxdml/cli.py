@@ -196,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
       "train", help="train and evaluate (the digit-pairs benchmark by default)",
       description="Train and evaluate a run. Flags set config fields; --set sets any field.")
   train.add_argument("--config", default="digits",
-                     help="a built-in config name (see --list-configs) or the path of a .py file with "
-                     "get_config() (default: digits)")
+                     help="a built-in config name (see --list-configs) or the path of a .py "
+                     "file with get_config() (default: digits)")
   train.add_argument("--list-configs", action="store_true",
                      help="list the configs found by name, then exit")
   train.add_argument("--loss", help="loss name, e.g. multi_similarity, contrastive, triplet, "
