@@ -9,12 +9,15 @@ metrics on the 1,000 test images of the 50 unseen classes.
     pip install -e ".[bench]" && python benchmarks/digits.py --seeds 0 1
 
 Prints MAP@R and Recall@1 of both, and training wall times: PyTorch, jaxdml including the first
-compilation, and jaxdml without it.
+compilation, and jaxdml without it. jaxdml runs on JAX's default device; PyTorch on the CPU unless
+`--torch-device cuda` (or `auto`, CUDA when available), where the time ends on
+`torch.cuda.synchronize()`. `--json PATH` appends one record per figure to PATH.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -31,6 +34,7 @@ def torch_run(data, train_labels, args, seed):
 
   torch.manual_seed(seed)
   torch.set_num_threads(args.threads)
+  device = torch_device(args.torch_device)
 
   class Net(tnn.Module):
     def __init__(self):
@@ -45,24 +49,64 @@ def torch_run(data, train_labels, args, seed):
       x = F.max_pool2d(F.relu(self.c2(x)), 2)
       return F.normalize(self.fc(x.flatten(1)), dim=1)
 
-  net = Net()
+  net = Net().to(device)
   opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
   loss_fn = pml_losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
-  x_all = torch.from_numpy(data.train_images)
-  y_all = torch.from_numpy(train_labels.astype(np.int64))
+  x_all = torch.from_numpy(data.train_images).to(device)
+  y_all = torch.from_numpy(train_labels.astype(np.int64)).to(device)
   t0 = time.perf_counter()
   for e in range(args.epochs):
     batches = class_balanced_batches(train_labels, 16, 4, seed=seed * 100003 + e)
     for b in batches:
-      idx = torch.from_numpy(b.astype(np.int64))
+      idx = torch.from_numpy(b.astype(np.int64)).to(device)
       loss = loss_fn(net(x_all[idx]), y_all[idx])
       opt.zero_grad()
       loss.backward()
       opt.step()
+  if device.startswith("cuda"):
+    torch.cuda.synchronize()
   seconds = time.perf_counter() - t0
   with torch.no_grad():
-    emb = net(torch.from_numpy(data.test_images)).numpy()
+    emb = net(torch.from_numpy(data.test_images).to(device)).cpu().numpy()
   return emb, seconds
+
+
+def torch_device(name: str) -> str:
+  """The torch device for a --torch-device name: "auto" is CUDA when torch sees a GPU, else CPU."""
+  import torch
+  if name == "auto":
+    return "cuda" if torch.cuda.is_available() else "cpu"
+  return name
+
+
+def write_records(path: str | None, row: dict, args) -> None:
+  """Appends the row's figures to `path` as JSON lines (one per implementation)."""
+  if not path:
+    return
+  import jax
+  case = f"digit pairs, {args.epochs} epochs, seed {row['seed']}"
+  recs = [{"part": "digits", "case": case, "impl": "jaxdml", "value": row["jax_s"],
+           "unit": "s train", "seconds": row["jax_s"],
+           "first_call_s": row["jax_s"] - row["jax_warm_s"],
+           "extra": f"{row['jax_warm_s']:.1f} s without compilation; MAP@R "
+                    f"{row['jax_map']:.4f}, R@1 {row['jax_r1']:.4f}",
+           "device": f"{jax.devices()[0].device_kind} ({args.conv_impl} convs)",
+           "group": case}]
+  if "torch_s" in row:
+    import torch
+    device = torch_device(args.torch_device)
+    kind = torch.cuda.get_device_name(device) if device.startswith("cuda") else (
+        f"{args.threads} threads")
+    recs.append({"part": "digits", "case": case, "impl": "PyTorch + PML",
+                 "value": row["torch_s"], "unit": "s train", "seconds": row["torch_s"],
+                 "extra": f"MAP@R {row['torch_map']:.4f}, R@1 {row['torch_r1']:.4f}",
+                 "device": f"{device} ({kind})", "group": case})
+  if "torch_error" in row:
+    recs.append({"part": "digits", "case": case, "impl": "PyTorch + PML",
+                 "skipped": f"FAILED: {row['torch_error']}", "group": case})
+  with open(path, "a") as f:
+    for r in recs:
+      f.write(json.dumps(r) + "\n")
 
 
 def jax_run(data, train_labels, args, seed):
@@ -94,6 +138,8 @@ def main():
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--conv-impl", default="im2col", choices=["im2col", "xla"])
   parser.add_argument("--skip-torch", action="store_true")
+  parser.add_argument("--torch-device", default="cpu", help="cpu, cuda, or auto (cuda if seen)")
+  parser.add_argument("--json", default=None, help="append one JSON record per figure here")
   args = parser.parse_args()
 
   from jaxdml.data import make_digit_pairs
@@ -109,11 +155,18 @@ def main():
     row = {"seed": seed, "jax_map": m_jax["map@r"], "jax_r1": m_jax["recall@1"],
            "jax_s": t_jax, "jax_warm_s": t_jax_warm}
     if not args.skip_torch:
-      emb, t_torch = torch_run(data, train_labels, args, seed)
-      m_torch = evaluate(emb, data.test_labels)
-      row.update(torch_map=m_torch["map@r"], torch_r1=m_torch["recall@1"], torch_s=t_torch)
+      try:  # a failing PyTorch side (no CUDA, say) must not lose jaxdml's figures
+        emb, t_torch = torch_run(data, train_labels, args, seed)
+      except Exception as e:  # noqa: BLE001
+        if not args.json:
+          raise
+        row["torch_error"] = f"{type(e).__name__}: {e}"[:300]
+      else:
+        m_torch = evaluate(emb, data.test_labels)
+        row.update(torch_map=m_torch["map@r"], torch_r1=m_torch["recall@1"], torch_s=t_torch)
     rows.append(row)
     print(row, flush=True)
+    write_records(args.json, row, args)
 
   print(f"\ndigit pairs, {args.epochs} epochs, conv impl {args.conv_impl}")
   print(f"{'seed':>4} {'jaxdml MAP@R':>13} {'torch MAP@R':>12} {'jaxdml R@1':>11} "
