@@ -187,3 +187,61 @@ def test_output_into_a_missing_folder_is_created_first(tmp_path):
   blocked = tmp_path / "file"
   blocked.write_text("")
   assert cli.main(["train", "--output", str(blocked / "m.json"), "--no-workdir"]) == 2
+
+
+USER_METHOD = '''
+"""Multi-similarity with a method of one's own: the inner loss scaled by a setting."""
+import dataclasses
+import types
+
+from jaxdml import objectives
+from jaxdml.app import config as cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  scale: float = 2.0
+
+
+def build(inner, settings, setup):
+  def apply(params, state, batch, key):
+    loss, state, aux = inner.apply(params, state, batch, key)
+    return settings.scale * loss, state, aux
+  return objectives.Objective(inner.name + "+scaled", inner.init, apply, inner.init_state,
+                              inner.soft, inner.lr_mult)
+
+
+cfg.register_method("scaled", types.SimpleNamespace(Settings=Settings, build=build))
+
+
+def get_config():
+  return cfg.apply_overrides(cfg.Config(), ["objective.methods=scaled",
+                                            "objective.scaled.scale=3"])
+'''
+
+
+def test_a_method_defined_in_a_config_file_is_recorded_and_comes_back(tmp_path, monkeypatch):
+  path = tmp_path / "scaled.py"
+  path.write_text(USER_METHOD)
+  config = cfg.load(str(path))
+  assert config.plugins == (str(path.resolve()),)
+  assert config.objective.methods["scaled"].scale == 3
+  assert cfg.build_objective(config, num_classes=5).name == "multi_similarity+scaled"
+  saved = json.loads(json.dumps(cfg.to_dict(config)))
+  monkeypatch.setattr(cfg, "_USER_METHODS", {})  # a new process: only config.json is known
+  monkeypatch.setattr(cfg, "_SOURCE", {})
+  again = cfg.from_dict(saved)
+  assert again == config or cfg.diff(again, config) == []
+  path.unlink()
+  monkeypatch.setattr(cfg, "_USER_METHODS", {})
+  with pytest.raises(cfg.ConfigError, match="no longer exists"):
+    cfg.from_dict(saved)
+
+
+def test_registering_a_builtin_name_is_refused():
+  with pytest.raises(ValueError, match="core loss"):
+    cfg.register_loss("contrastive", lambda setup: None)
+  with pytest.raises(ValueError, match="built-in method"):
+    cfg.register_method("das", object())
+  with pytest.raises(TypeError, match="Settings"):
+    cfg.register_method("mine", object())
