@@ -35,6 +35,28 @@ FLAGS = {"loss": "objective.loss", "miner": "objective.miner", "epochs": "loop.e
          "num_devices": "loop.num_devices", "num_workers": "data.num_workers",
          "workdir": "loop.workdir"}
 
+#: command-line flag -> (its type, its help text); the default is the config's
+FLAG_HELP = {
+    "loss": (str, "loss name, e.g. multi_similarity, contrastive, triplet, proxy_anchor, arcface"),
+    "miner": (str, "batch_hard, semihard, multi_similarity, distance_weighted"),
+    "epochs": (int, "passes over the training set"),
+    "embedding_dim": (int, "embedding size"),
+    "classes_per_batch": (int, "classes in a batch"),
+    "per_class": (int, "images per class in a batch"),
+    "learning_rate": (float, "base learning rate"),
+    "seed": (int, "parameters, batches and keys"),
+    "dataset": (str, "digit_pairs, cub200, cars196, sop, inshop, image_folder, dyml_vehicle, "
+                "dyml_animal, dyml_product"),
+    "data_dir": (str, "TFDS data dir, or an image folder root with train/ and test/"),
+    "manual_dir": (str, "manually downloaded archives (In-shop, DyML)"),
+    "model": (str, "small_cnn, resnet18/34/50/101, bn_inception, vit_small_patch16, "
+              "deit_small_patch16"),
+    "pretrained": (str, "backbone weight file (.pth, .safetensors, .npz)"),
+    "image_size": (int, "training crop size"),
+    "num_devices": (int, "data-parallel devices, None = all"),
+    "num_workers": (int, "input pipeline worker processes"),
+}
+
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -200,36 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "file with get_config() (default: digits)")
   train.add_argument("--list-configs", action="store_true",
                      help="list the configs found by name, then exit")
-  train.add_argument("--loss", help="loss name, e.g. multi_similarity, contrastive, triplet, "
-                     f"proxy_anchor, arcface {d('objective.loss')}")
-  train.add_argument("--miner", help="batch_hard, semihard, multi_similarity, distance_weighted "
-                     f"{d('objective.miner')}")
-  train.add_argument("--epochs", type=int, help=f"passes over the training set {d('loop.epochs')}")
-  train.add_argument("--embedding-dim", dest="embedding_dim", type=int,
-                     help=f"embedding size {d('model.embedding_dim')}")
-  train.add_argument("--classes-per-batch", dest="classes_per_batch", type=int,
-                     help=f"classes in a batch {d('data.classes_per_batch')}")
-  train.add_argument("--per-class", dest="per_class", type=int,
-                     help=f"images per class in a batch {d('data.per_class')}")
-  train.add_argument("--learning-rate", dest="learning_rate", type=float,
-                     help=f"base learning rate {d('optim.learning_rate')}")
-  train.add_argument("--seed", type=int, help=f"parameters, batches and keys {d('seed')}")
-  train.add_argument("--dataset", help="digit_pairs, cub200, cars196, sop, inshop, image_folder, "
-                     f"dyml_vehicle, dyml_animal, dyml_product {d('data.dataset')}")
-  train.add_argument("--data-dir", dest="data_dir", help="TFDS data dir, or an image folder "
-                     f"root with train/ and test/ {d('data.data_dir')}")
-  train.add_argument("--manual-dir", dest="manual_dir",
-                     help=f"manually downloaded archives (In-shop, DyML) {d('data.manual_dir')}")
-  train.add_argument("--model", help="small_cnn, resnet18/34/50/101, bn_inception, "
-                     f"vit_small_patch16, deit_small_patch16 {d('model.name')}")
-  train.add_argument("--pretrained", help="backbone weight file (.pth, .safetensors, .npz) "
-                     f"{d('model.pretrained')}")
-  train.add_argument("--image-size", dest="image_size", type=int,
-                     help=f"training crop size {d('data.image_size')}")
-  train.add_argument("--num-devices", dest="num_devices", type=int,
-                     help=f"data-parallel devices, None = all {d('loop.num_devices')}")
-  train.add_argument("--num-workers", dest="num_workers", type=int,
-                     help=f"input pipeline worker processes {d('data.num_workers')}")
+  for dest, (kind, text) in FLAG_HELP.items():
+    train.add_argument("--" + dest.replace("_", "-"), dest=dest, type=kind,
+                       help=f"{text} {d(FLAGS[dest])}")
   train.add_argument("--workdir", help="run directory; resumed when it holds a checkpoint of "
                      "the same config (default: runs/<config name>-<time>)")
   train.add_argument("--restart", action="store_true",

@@ -122,6 +122,24 @@ def split_queries(labels: Any, queries_per_class: int = 1, *, seed: int = 0
   return np.nonzero(is_query)[0], np.nonzero(~is_query)[0]
 
 
+def write_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> str:
+  """Writes `arrays` to the .npz file `path` whole: into a temporary file of its folder (created
+  if missing), renamed when complete, so a reader never sees half a file."""
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
 class Index:
   """Embeddings with their labels, ids and metadata, searched exactly.
 
@@ -321,18 +339,7 @@ class Index:
     if self.labels is not None:
       arrays["labels"] = self.labels
     arrays.update({f"meta/{k}": v for k, v in self.metadata.items()})
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".index-", suffix=".npz")
-    try:
-      with os.fdopen(fd, "wb") as f:
-        np.savez(f, **arrays)
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
-    return path
+    return write_npz(path, arrays)
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> Index:

@@ -21,10 +21,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from typing import Any
 
 import numpy as np
+
+from jaxdml.index import write_npz
 
 EMBEDDINGS_FORMAT = "jaxdml.embeddings"
 EMBEDDINGS_VERSION = 1
@@ -35,22 +36,6 @@ EXIT_BAD_INPUT = 2
 # ------------------------------------------------------------------------------------------------
 # Files
 # ------------------------------------------------------------------------------------------------
-
-
-def _write_npz(path: str, arrays: dict[str, Any]) -> str:
-  """Writes `arrays` to `path` whole (a temporary file renamed), creating its folder."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
 
 
 def save_embeddings(path: str, embeddings: np.ndarray, *, labels: np.ndarray | None,
@@ -64,7 +49,7 @@ def save_embeddings(path: str, embeddings: np.ndarray, *, labels: np.ndarray | N
             "step": np.array(int(step))}
   if labels is not None:
     arrays["labels"] = np.asarray(labels)
-  return _write_npz(path, arrays)
+  return write_npz(path, arrays)
 
 
 def _format_of(archive) -> str | None:
@@ -266,7 +251,7 @@ def _write_neighbours(path: str, query_ids, scores, ids, rows, labels, query_lab
     arrays["labels"] = labels
   if query_labels is not None:
     arrays["query_labels"] = np.asarray(query_labels)
-  _write_npz(path, arrays)
+  write_npz(path, arrays)
 
 
 def _search(args) -> int:

@@ -98,7 +98,8 @@ def test_divergence_names_the_newest_checkpoint_that_exists(tmp_path):
   assert all(np.isfinite(a).all() for a in leaves(restored))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+# SIGTERM here; SIGINT through the command line in tests/app/test_run_reliability.py
+@pytest.mark.parametrize("sig", [signal.SIGTERM])
 def test_signal_saves_a_checkpoint_and_the_run_resumes_to_the_same_result(tmp_path, sig):
   full = run(tmp_path / "full", 3)
   with pytest.raises(TrainingInterrupted) as err:
