@@ -189,7 +189,8 @@ def train(*, model: nn.Module, objective, tx: optax.GradientTransformation, batc
     keep_checkpoints: newest checkpoints kept.
     eval_fn: `state -> {metric: value}`; run every `eval_every` steps and at the end.
     eval_every: steps between evaluations (None: only at the end).
-    log_every: steps between loss logs (and non-finite checks).
+    log_every: steps between loss logs, non-finite checks and time-based saves (and, with
+      several processes, between the checks for a stop signal, which all processes agree on).
     progress: show a progress bar.
     steps_per_epoch: for the progress bar and logs (epoch numbers).
     tensorboard: also write TensorBoard event files.
@@ -296,7 +297,9 @@ def train(*, model: nn.Module, objective, tx: optax.GradientTransformation, batc
         due_log = step % log_every == 0 or due_eval or due_ckpt or step >= total_steps
         if due_log and ckpt is not None and checkpoint_every_seconds is not None:
           due_ckpt = due_ckpt or _agree(time.monotonic() - last_save >= checkpoint_every_seconds)
-        stopping = _agree(stop["signal"] is not None)
+        stopping = stop["signal"] is not None  # several processes agree at logs only (no
+        if jax.process_count() > 1:             # collective per step)
+          stopping = bool(due_log) and _agree(stopping)
         if due_log or stopping:
           check(flush())
           if losses:
