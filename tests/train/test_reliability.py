@@ -140,9 +140,14 @@ def _damage(step_dir: pathlib.Path, how: str) -> None:
         p.unlink()
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  return run(tmp_path_factory.mktemp("full"), 3, checkpoint_every=SPE)
+
+
 @pytest.mark.parametrize("how", ["garbage", "empty_metadata", "delete_state"])
-def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, how):
-  full = run(tmp_path / "full", 3, checkpoint_every=SPE)
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, how, uninterrupted):
+  full = uninterrupted
   run(tmp_path / "run", 2, checkpoint_every=SPE)
   _damage(tmp_path / "run" / "checkpoints" / str(2 * SPE), how)
   messages = []
