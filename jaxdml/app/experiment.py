@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from typing import Callable
 
@@ -106,9 +107,9 @@ def _has_checkpoints(workdir: str) -> bool:
 
 
 def _move_previous_run(workdir: str) -> str:
-  """Moves a run's files in `workdir` into `workdir/replaced-<time>/`; returns that folder."""
-  target = os.path.join(workdir, "replaced-" + time.strftime("%Y%m%d-%H%M%S"))
-  os.makedirs(target)
+  """Moves a run's files in `workdir` into a new `workdir/replaced-<time>-<suffix>/`; returns
+  that folder (earlier replaced runs stay where they are)."""
+  target = tempfile.mkdtemp(prefix="replaced-" + time.strftime("%Y%m%d-%H%M%S-"), dir=workdir)
   for name in os.listdir(workdir):
     if not name.startswith("replaced-"):
       shutil.move(os.path.join(workdir, name), os.path.join(target, name))

@@ -116,6 +116,24 @@ def test_signal_saves_a_checkpoint_and_the_run_resumes_to_the_same_result(tmp_pa
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+class TwoSignalsAt(SignalAt):
+  """Sends SIGINT twice while handing out batch number `at` (an impatient second Ctrl-C)."""
+
+  def __next__(self):
+    if self.count + 1 == self.at:
+      os.kill(os.getpid(), signal.SIGINT)
+    return super().__next__()
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
+  with pytest.raises(KeyboardInterrupt) as err:
+    run(tmp_path, 3, checkpoint_every=None, checkpoint_every_seconds=None,
+        wrap=lambda b: TwoSignalsAt(b, at=SPE + 2))
+  assert not isinstance(err.value, TrainingInterrupted)
+  assert not Checkpointer(tmp_path / "checkpoints").all_steps()  # nothing saved on the way out
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_time_based_checkpoints(tmp_path):
   run(tmp_path, 2, checkpoint_every=None, checkpoint_every_seconds=1e-9, log_every=2,
       keep_checkpoints=100)
