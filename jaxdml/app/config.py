@@ -360,6 +360,8 @@ class OptimConfig:
     lr_decay_epochs, lr_decay_rate: the step schedule.
     freeze_backbone_epochs: the backbone is frozen for these first epochs.
     clip_norm, clip_value: gradient clipping (None: off).
+    eps: the denominator's epsilon of Adam / AdamW / RMSprop (1e-8, PyTorch's and optax's
+      default; HIER's official mixed-precision scripts use 1e-4).
   """
 
   optimizer: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
@@ -376,8 +378,11 @@ class OptimConfig:
   freeze_backbone_epochs: int = 0
   clip_norm: float | None = None
   clip_value: float | None = None
+  eps: float = 1e-8
 
   def __post_init__(self):
+    if not self.eps > 0:
+      raise ValueError(f"eps must be > 0, got {self.eps}.")
     if not self.learning_rate > 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
     for name in ("weight_decay", "warmup_epochs", "freeze_backbone_epochs"):
