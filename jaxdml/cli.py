@@ -45,11 +45,11 @@ FLAG_HELP = {
     "per_class": (int, "images per class in a batch"),
     "learning_rate": (float, "base learning rate"),
     "seed": (int, "parameters, batches and keys"),
-    "dataset": (str, "digit_pairs, cub200, cars196, sop, inshop, image_folder, dyml_vehicle, "
-                "dyml_animal, dyml_product"),
+    "dataset": (str, "digit_pairs, glyphs, cub200, cars196, sop, inshop, image_folder, "
+                "dyml_vehicle, dyml_animal, dyml_product"),
     "data_dir": (str, "TFDS data dir, or an image folder root with train/ and test/"),
     "manual_dir": (str, "manually downloaded archives (In-shop, DyML)"),
-    "model": (str, "small_cnn, resnet18/34/50/101, bn_inception, vit_small_patch16, "
+    "model": (str, "small_cnn, res_cnn, resnet18/34/50/101, bn_inception, vit_small_patch16, "
               "deit_small_patch16"),
     "pretrained": (str, "backbone weight file (.pth, .safetensors, .npz)"),
     "image_size": (int, "training crop size"),

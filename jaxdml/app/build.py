@@ -79,11 +79,12 @@ def build_model(config: Config):
   """
   m = config.model
   dtype = jnp.bfloat16 if m.compute_dtype == "bfloat16" else jnp.float32
-  if m.name == "small_cnn":
-    from jaxdml.models import SmallCNN  # noqa: PLC0415
-    return SmallCNN(embedding_dim=m.embedding_dim, normalize=m.normalize_embeddings,
-                    conv_impl=m.conv_impl, hyperbolic=m.head == "hyperbolic",
-                    poincare_c=m.poincare_c, clip_r=m.clip_r), (lambda v: v)
+  if m.name in ("small_cnn", "res_cnn"):
+    from jaxdml import models  # noqa: PLC0415
+    cls = models.SmallCNN if m.name == "small_cnn" else models.ResCNN
+    return cls(embedding_dim=m.embedding_dim, normalize=m.normalize_embeddings,
+               conv_impl=m.conv_impl, hyperbolic=m.head == "hyperbolic",
+               poincare_c=m.poincare_c, clip_r=m.clip_r), (lambda v: v)
   from jaxdml import models  # noqa: PLC0415
   from jaxdml.models.weights import check_weight_file  # noqa: PLC0415
   backbone, load = models.backbone_from_name(m.name, frozen_bn=m.frozen_bn, dtype=dtype)

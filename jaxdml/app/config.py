@@ -48,12 +48,15 @@ import pydantic.dataclasses
 
 from jaxdml import methods, objectives
 
-DATASETS = ("digit_pairs", "cub200", "cars196", "sop", "inshop", "image_folder", "dyml_vehicle",
-            "dyml_animal", "dyml_product")
-MODELS = ("small_cnn", "resnet18", "resnet34", "resnet50", "resnet101", "bn_inception",
+DATASETS = ("digit_pairs", "glyphs", "cub200", "cars196", "sop", "inshop", "image_folder",
+            "dyml_vehicle", "dyml_animal", "dyml_product")
+MODELS = ("small_cnn", "res_cnn", "resnet18", "resnet34", "resnet50", "resnet101", "bn_inception",
           "vit_small_patch16", "deit_small_patch16")
 
 _SECTION = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+#: the built-in benchmarks (in memory, generated offline) and the small networks made for them
+BUILTIN_DATASETS = ("digit_pairs", "glyphs")
+SMALL_MODELS = ("small_cnn", "res_cnn")
 
 
 class ConfigError(ValueError):
@@ -71,11 +74,39 @@ def _at_least(obj, names, low=1, allow_none=False):
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_SECTION)
+class GlyphsConfig:
+  """The glyphs benchmark (shared/design/glyphs_benchmark.md, `jaxdml.data.make_glyphs`); its
+  seed is `data.data_seed`.
+
+  Attributes:
+    size: image side in pixels (32; 64 for GPU runs).
+    min_faces: a code point is a class when at least this many typefaces draw it.
+    images_per_class: images of each class (faces round-robin, each freshly augmented).
+    unseen_faces: test images only from typefaces never used for training.
+    pool_fraction: share of the classes set aside as the unlabelled pool.
+    max_classes: a stratified subset of the classes (None: all), for quick runs.
+  """
+
+  size: int = 32
+  min_faces: int = 8
+  images_per_class: int = 16
+  unseen_faces: bool = False
+  pool_fraction: float = 0.0
+  max_classes: int | None = None
+
+  def __post_init__(self):
+    _at_least(self, ("size", "min_faces", "images_per_class"))
+    _at_least(self, ("max_classes",), low=4, allow_none=True)
+    if not 0.0 <= self.pool_fraction < 1.0:
+      raise ValueError(f"pool_fraction must be in [0, 1), got {self.pool_fraction}.")
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_SECTION)
 class DataConfig:
   """The data set and its batches.
 
   Attributes:
-    dataset: "digit_pairs" (built in), a TFDS set ("cub200", "cars196", "sop", "inshop",
+    dataset: "digit_pairs" or "glyphs" (built in), a TFDS set ("cub200", "cars196", "sop", "inshop",
       "dyml_vehicle", "dyml_animal", "dyml_product") or "image_folder".
     data_dir: TFDS data dir, or the root of an image folder (train/, test/).
     manual_dir: manually downloaded archives (In-shop, DyML).
@@ -83,8 +114,13 @@ class DataConfig:
     normalization: "imagenet", "bn_inception" or "half"; None: the model's convention.
     num_workers: grain worker processes.
     classes_per_batch, per_class: P classes x M images per batch.
+    sampler: "m_per_class" (P x M batches) or "random" (plain shuffled batches of `batch_size`,
+      as Metrix's official CUB / Cars runs use; many anchors then have no positive). The built-in
+      benchmarks only.
+    batch_size: the random sampler's batch size (None: P x M); not used by "m_per_class".
     data_seed, digits_per_image, train_images_per_class, test_images_per_class: the digit-pairs
       benchmark (shared/design/digits_benchmark.md).
+    glyphs: the glyphs benchmark's own settings (`GlyphsConfig`).
     undecodable: image data sets: every image is decoded once when the run starts; an image
       that does not decode is an error listing the files ("error"), or is left out with a note
       of how many ("skip"). With a workdir the result is kept in `workdir/data_check.json`
@@ -106,11 +142,25 @@ class DataConfig:
   train_images_per_class: int = 40
   test_images_per_class: int = 20
   undecodable: Literal["error", "skip"] = "error"
+  sampler: Literal["m_per_class", "random"] = "m_per_class"
+  batch_size: int | None = None
+  glyphs: GlyphsConfig = dataclasses.field(default_factory=GlyphsConfig)
 
   def __post_init__(self):
     _at_least(self, ("image_size", "resize_size", "classes_per_batch", "per_class",
                      "digits_per_image", "train_images_per_class", "test_images_per_class"))
     _at_least(self, ("num_workers",), low=0)
+    _at_least(self, ("batch_size",), low=2, allow_none=True)
+    if self.batch_size is not None and self.sampler != "random":
+      raise ValueError("data.batch_size is the random sampler's batch size; with "
+                       "sampler='m_per_class' a batch is classes_per_batch x per_class.")
+
+  @property
+  def train_batch_size(self) -> int:
+    """Images per training batch."""
+    if self.sampler == "random" and self.batch_size is not None:
+      return self.batch_size
+    return self.classes_per_batch * self.per_class
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_SECTION)
@@ -118,7 +168,8 @@ class ModelConfig:
   """The network: backbone, pooling and embedding head.
 
   Attributes:
-    name: "small_cnn" (digit pairs) or an image backbone.
+    name: "small_cnn" (digit pairs), "res_cnn" (a small residual CNN with a pooled, nonlinear
+      head: glyphs) or an image backbone.
     pretrained: backbone weight file (.pth / .safetensors / .npz); image backbones only.
     embedding_dim: output size.
     pooling: avg, max, avg+max, gem (CNN backbones); also cls, tokens_avg (ViTs); None: avg /
@@ -176,23 +227,27 @@ def _unused_model_option(m: ModelConfig) -> str | None:
   or None; `jaxdml.app.build.build_model` lists which model reads which option."""
   default = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
   changed = lambda name: getattr(m, name) != default[name]  # noqa: E731
-  if m.name == "small_cnn":
+  if m.name in SMALL_MODELS:
+    what = "the small CNN" if m.name == "small_cnn" else "the residual CNN"
     if m.pretrained:
-      return "the small CNN has no pretrained weights; unset model.pretrained."
+      return f"{what} has no pretrained weights; unset model.pretrained."
     if m.pooling is not None:
-      return ("the small CNN embeds its flattened feature map (no pooling); unset "
-              f"model.pooling (it applies to the image backbones){_ORDER_HINT}.")
-    why = {"frozen_bn": "the small CNN has no batch norm",
-           "layer_norm": "the small CNN's head has no layer norm",
-           "compute_dtype": "the small CNN computes in float32 only"}
+      pools = ("embeds its flattened feature map (no pooling)" if m.name == "small_cnn"
+               else "always pools by global average + max")
+      return (f"{what} {pools}; unset model.pooling (it applies to the image backbones)"
+              f"{_ORDER_HINT}.")
+    why = {"frozen_bn": (f"{what} has no batch norm" if m.name == "small_cnn" else
+                         f"{what} is trained from scratch (no pretrained batch norm to freeze)"),
+           "layer_norm": f"{what}'s head has no layer norm",
+           "compute_dtype": f"{what} computes in float32 only"}
     for name, reason in why.items():
       if changed(name):
-        return (f"{reason}, so model.{name} does not apply to small_cnn; unset it"
+        return (f"{reason}, so model.{name} does not apply to {m.name}; unset it"
                 f"{_ORDER_HINT}.")
   else:
     if changed("conv_impl"):
-      return (f"model.conv_impl applies to small_cnn only, {m.name} does not use it; unset it"
-              f"{_ORDER_HINT}.")
+      return (f"model.conv_impl applies to {' and '.join(SMALL_MODELS)} only, {m.name} does not "
+              f"use it; unset it{_ORDER_HINT}.")
     if m.name in VIT_MODELS and changed("frozen_bn"):
       return (f"a ViT has no batch norm, so model.frozen_bn does not apply to {m.name} (it "
               "applies to resnet* and bn_inception); unset it.")
@@ -476,19 +531,26 @@ class Config:
   def __post_init__(self):
     object.__setattr__(self, "plugins", tuple(dict.fromkeys(
         [*self.plugins, *_plugins_of(self.objective)])))
-    if self.data.per_class < 2 and self.objective.loss not in objectives.PROXY_LOSSES:
+    if (self.data.sampler == "m_per_class" and self.data.per_class < 2
+        and self.objective.loss not in objectives.PROXY_LOSSES):
       raise ValueError("pair losses need data.per_class >= 2 (a batch without positives learns "
                        "nothing).")
-    if (self.data.dataset == "digit_pairs") != (self.model.name == "small_cnn"):
-      raise ValueError("the digit-pairs benchmark is defined with model.name='small_cnn', and "
-                       "image data sets need an image backbone (e.g. 'resnet50').")
+    if (self.data.dataset in BUILTIN_DATASETS) != (self.model.name in SMALL_MODELS):
+      raise ValueError(f"the built-in benchmarks ({', '.join(BUILTIN_DATASETS)}) are defined with "
+                       f"a small network (model.name in {SMALL_MODELS}), and image data sets "
+                       "need an image backbone (e.g. 'resnet50').")
+    if self.data.sampler == "random" and self.data.dataset not in BUILTIN_DATASETS:
+      raise ValueError("data.sampler='random' is available for the built-in benchmarks "
+                       f"({', '.join(BUILTIN_DATASETS)}); image data sets sample P x M batches.")
     build_objective(self, num_classes=2)  # the methods against the loss, head and batches
 
   def setup(self, num_classes: int) -> objectives.Setup:
     """What the objective's methods may read of this run (`jaxdml.objectives.Setup`)."""
+    balanced = self.data.sampler == "m_per_class"
     return objectives.Setup(num_classes=num_classes, dim=self.model.embedding_dim,
-                            classes_per_batch=self.data.classes_per_batch,
-                            per_class=self.data.per_class, ball=self.model.ball)
+                            classes_per_batch=self.data.classes_per_batch if balanced else None,
+                            per_class=self.data.per_class if balanced else None,
+                            ball=self.model.ball)
 
 
 def build_objective(config: Config, num_classes: int) -> objectives.Objective:

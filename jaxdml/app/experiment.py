@@ -1,9 +1,10 @@
 """A whole run from a `Config`: the task's data, the model, objective and optimiser, training,
 evaluation and the report.
 
-`run(config)` builds a task (`digit_pairs` for the built-in benchmark, `image_datasets` for the
-others) and trains through the training library (`jaxdml.train.loop.train`): sharded steps,
-checkpoints and resumption in `config.loop.workdir`, metrics logs and plots.
+`run(config)` builds a task (`digit_pairs` and `glyphs` for the built-in benchmarks,
+`image_datasets` for the others) and trains through the training library
+(`jaxdml.train.loop.train`): sharded steps, checkpoints and resumption in `config.loop.workdir`,
+metrics logs and plots.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable
 
 import jax
 
-from jaxdml.app import build
+from jaxdml.app import build, tasks
 from jaxdml.app.config import Config, ConfigError, diff, from_dict, to_dict
 from jaxdml.app.tasks import Task
 from jaxdml.train.evaluate import Embedder
@@ -44,10 +45,12 @@ def _say(verbose: bool) -> Callable[..., None]:
 
 
 def make_task(config: Config, mesh) -> Task:
-  if config.data.dataset == "digit_pairs":
-    from jaxdml.app.digit_pairs import make_task as make  # noqa: PLC0415
-  else:
-    from jaxdml.app.image_datasets import make_task as make  # noqa: PLC0415 - needs grain
+  """The `Task` of `config`'s data set: a built-in benchmark (`jaxdml.app.tasks.BUILTIN`) or an
+  image data set."""
+  bench = tasks.builtin(config.data.dataset)
+  if bench is not None:
+    return bench.make_task(config, mesh)
+  from jaxdml.app.image_datasets import make_task as make  # noqa: PLC0415 - needs grain
   return make(config, mesh)
 
 

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from jaxdml import _checks
-from jaxdml.app import build
+from jaxdml.app import build, tasks
 from jaxdml.app.config import Config, ConfigError, from_dict
 from jaxdml.app.experiment import CONFIG_FILE, load_run_config
 from jaxdml.data import transforms
@@ -83,8 +83,9 @@ def _checkpoint_steps(workdir: str) -> tuple[Any, list[int]]:
 def _sample(config: Config) -> np.ndarray:
   """A one-image input batch of the run's shape (float32 zeros)."""
   d = config.data
-  if d.dataset == "digit_pairs":
-    return np.zeros((1, 8, 8 * d.digits_per_image), np.float32)
+  bench = tasks.builtin(d.dataset)
+  if bench is not None:
+    return np.zeros((1, *bench.input_shape(config)), np.float32)
   return np.zeros((1, d.image_size, d.image_size, 3), np.float32)
 
 
@@ -182,11 +183,12 @@ class Run:
   def preprocess(self, images: Any) -> np.ndarray:
     """Raw images -> the model's inputs, as the run's evaluation transforms them.
 
-    Digit pairs: float images in [0, 1] as `jaxdml.data.make_digit_pairs` gives them pass
-    unchanged; uint8 images are scaled by 1/255; a channel axis (grey repeated as RGB, e.g. read
-    from a PNG) is averaged away. Image data sets: each image (uint8 [H, W], [H, W, 3] or
-    [H, W, 4], any size, as a data source gives it) is resized, centre-cropped and normalised by
-    `jaxdml.data.transforms.eval_transform` with the run's `data.image_size`,
+    The built-in benchmarks (digit pairs, glyphs): float images in [0, 1] (as
+    `jaxdml.data.make_digit_pairs` gives them) pass unchanged; uint8 images (as
+    `jaxdml.data.make_glyphs` gives them) are scaled by 1/255; a channel axis (grey repeated as
+    RGB, e.g. read from a PNG) is averaged away. Image data sets: each image (uint8 [H, W],
+    [H, W, 3] or [H, W, 4], any size, as a data source gives it) is resized, centre-cropped and
+    normalised by `jaxdml.data.transforms.eval_transform` with the run's `data.image_size`,
     `data.resize_size` and normalisation.
 
     Args:
@@ -196,8 +198,9 @@ class Run:
       float32 [N, *input_shape].
     """
     d = self.config.data
-    if d.dataset == "digit_pairs":
-      return _digit_inputs(images, self.input_shape)
+    bench = tasks.builtin(d.dataset)
+    if bench is not None:
+      return tasks.grey_inputs(images, self.input_shape, bench.IMAGES)
     norm = build.default_normalization(self.config)
     out = [transforms.eval_transform(image, image_size=d.image_size, resize_size=d.resize_size,
                                      normalization=norm) for image in images]
@@ -243,25 +246,19 @@ class Run:
     """The images, labels and ids of one split of the run's own data.
 
     Args:
-      name: digit pairs: "train" or "test"; an image data set: "train" or a split of its test
-        protocol ("test"; "query", "gallery" for In-shop; ...).
+      name: digit pairs: "train" or "test"; glyphs: "train", "test" or "pool"; an image data
+        set: "train" or a split of its test protocol ("test"; "query", "gallery" for In-shop;
+        ...).
 
     Returns:
-      (images, labels, ids): the raw images (an array for digit pairs; for image data sets a
-      sequence decoding each image when read), int labels [N], and ids [N] (file paths of an
-      image folder, else row numbers).
+      (images, labels, ids): the raw images (an array for the built-in benchmarks; for image
+      data sets a sequence decoding each image when read), int labels [N], and ids [N] (file
+      paths of an image folder, else row numbers).
     """
     d = self.config.data
-    if d.dataset == "digit_pairs":
-      if name not in ("train", "test"):
-        raise ValueError(f"the digit pairs have splits 'train' and 'test', got {name!r}.")
-      from jaxdml.data import make_digit_pairs  # noqa: PLC0415
-      data = make_digit_pairs(d.data_seed, digits_per_image=d.digits_per_image,
-                              train_images_per_class=d.train_images_per_class,
-                              test_images_per_class=d.test_images_per_class)
-      images, labels = ((data.train_images, data.train_labels) if name == "train"
-                        else (data.test_images, data.test_labels))
-      return images, np.asarray(labels), np.arange(len(labels))
+    bench = tasks.builtin(d.dataset)
+    if bench is not None:
+      return bench.split(self.config, name)
     from jaxdml.app import image_datasets  # noqa: PLC0415 - needs grain
     names = ["train"] + [s for _, _, splits in image_datasets.eval_plan(d.dataset)
                          for s in splits]
@@ -271,25 +268,6 @@ class Run:
     paths = getattr(source, "paths", None)
     ids = np.asarray(paths) if paths is not None else np.arange(len(source))
     return _SourceImages(source), np.asarray(source.labels), ids
-
-
-def _digit_inputs(images: Any, shape: tuple[int, ...]) -> np.ndarray:
-  x = np.asarray(images)
-  if x.ndim == len(shape) + 2 and x.shape[-1] in (1, 3, 4):  # a channel axis
-    x = x[..., :3]
-    x = x[..., 0] if x.shape[-1] == 1 else x.astype(np.float32).mean(-1)
-    x = np.rint(x).astype(np.uint8) if np.asarray(images).dtype == np.uint8 else x
-  if x.ndim != len(shape) + 1 or x.shape[1:] != shape:
-    raise ValueError(f"`images` must be digit-pair images [N, {shape[0]}, {shape[1]}] (or with "
-                     f"a channel axis), got shape {np.shape(images)}.")
-  if x.dtype == np.uint8:
-    return x.astype(np.float32) / np.float32(255.0)
-  if not np.issubdtype(x.dtype, np.floating):
-    raise TypeError(f"`images` must be uint8 (0..255) or float (0..1), got dtype {x.dtype}.")
-  if x.size and (np.nanmax(x) > 1.0 or np.nanmin(x) < 0.0):
-    raise ValueError(f"float digit-pair images hold values in [0, 1]; got values in "
-                     f"[{np.nanmin(x):g}, {np.nanmax(x):g}] (pass uint8 for 0..255).")
-  return x.astype(np.float32)
 
 
 def load(workdir: str | os.PathLike, step: int | None = None, *, mesh=None,

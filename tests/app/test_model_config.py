@@ -58,7 +58,7 @@ def test_small_cnn_options_it_uses():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ([*RESNET, "model.conv_impl=xla"], "model.conv_impl applies to small_cnn only, resnet50"),
+    ([*RESNET, "model.conv_impl=xla"], "model.conv_impl applies to small_cnn and res_cnn only, resnet50"),
     ([*RESNET, "model.pooling=cls"], "model.pooling='cls' pools a ViT's tokens; resnet50 gives a "
      r"feature map: model.pooling must be one of avg, max, avg\+max, gem"),
     ([*RESNET, "model.pooling=tokens_avg"], "must be one of avg, max, avg"),
@@ -81,7 +81,7 @@ def test_image_backbones_accept_their_options():
 
 
 def test_a_saved_config_is_checked_too():
-  with pytest.raises(ValueError, match="model.conv_impl applies to small_cnn only"):
+  with pytest.raises(ValueError, match="model.conv_impl applies to small_cnn and res_cnn only"):
     ModelConfig(name="resnet18", conv_impl="xla")
 
 

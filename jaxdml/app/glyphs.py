@@ -1,0 +1,134 @@
+"""The glyphs task (shared/design/glyphs_benchmark.md): in-memory images of real typefaces,
+one jitted call per epoch, leave-one-out retrieval on the unseen test classes scored at each
+level of the label hierarchy (code point, decomposition base, script) and their mean, raw pixels
+and the untrained network as baselines.
+
+The metrics of an evaluation are the fine level's under their plain names ("map@r",
+"recall@1", ...), the other levels' under "middle/..." and "coarse/...", and the means over the
+three levels of MAP@R and Recall@1 under "mean/map@r" and "mean/recall@1". Clustering (NMI) is
+scored at the fine level only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxdml.app.build import eval_similarity
+from jaxdml.app.config import Config
+from jaxdml.app.digit_pairs import training_batches
+from jaxdml.app.tasks import Task
+from jaxdml.train.evaluate import leave_one_out_metrics
+
+#: what the images are called in error messages
+IMAGES = "glyph"
+#: the hierarchy's levels, fine to coarse, and their names in the report
+LEVELS = {"fine": "code point", "middle": "base", "coarse": "script"}
+MEAN_KEYS = ("map@r", "recall@1")
+
+
+def load(config: Config):
+  """The `jaxdml.data.Glyphs` of `config` (built once per process, then from the disk cache)."""
+  g = config.data.glyphs
+  return _load(config.data.data_seed, g.size, g.min_faces, g.images_per_class, g.unseen_faces,
+               g.pool_fraction, g.max_classes)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(seed, size, min_faces, images_per_class, unseen_faces, pool_fraction, max_classes):
+  from jaxdml.data.glyphs import make_glyphs  # noqa: PLC0415
+  return make_glyphs(seed, size=size, min_faces=min_faces, images_per_class=images_per_class,
+                     unseen_faces=unseen_faces, pool_fraction=pool_fraction,
+                     max_classes=max_classes)
+
+
+def input_shape(config: Config) -> tuple[int, int]:
+  """One model input's shape: [size, size]."""
+  size = config.data.glyphs.size
+  return (size, size)
+
+
+def split(config: Config, name: str):
+  """(uint8 images, fine labels, ids) of the "train", "test" or "pool" split."""
+  if name not in ("train", "test", "pool"):
+    raise ValueError(f"the glyphs have splits 'train', 'test' and 'pool', got {name!r}.")
+  data = load(config)
+  images, labels = getattr(data, f"{name}_images"), getattr(data, f"{name}_labels")
+  return images, np.asarray(labels), np.arange(len(labels))
+
+
+def to_inputs(images: np.ndarray) -> np.ndarray:
+  """uint8 [N, S, S] -> float32 in [0, 1], the network's inputs."""
+  return np.asarray(images, np.float32) / np.float32(255.0)
+
+
+def level_metrics(embeddings: np.ndarray, data, labels: np.ndarray, *, ks, mesh=None,
+                  **similarity) -> dict[str, float]:
+  """Leave-one-out metrics of `embeddings` at every level of the glyph hierarchy and their
+  means (key names in the module docstring)."""
+  out = {}
+  for level, lab in data.levels(labels).items():
+    m = leave_one_out_metrics(embeddings, lab, ks=ks, mesh=mesh, clustering=level == "fine",
+                              **similarity)
+    out.update({(k if level == "fine" else f"{level}/{k}"): v for k, v in m.items()})
+  for key in MEAN_KEYS:
+    if key in out:
+      out[f"mean/{key}"] = float(np.mean([out[key if level == "fine" else f"{level}/{key}"]
+                                          for level in LEVELS]))
+  return out
+
+
+def level_rows(name: str, metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+  """One report row per level ("<name>, code point", ...) and one of the means."""
+  rows = {}
+  for level, label in LEVELS.items():
+    prefix = "" if level == "fine" else f"{level}/"
+    rows[f"{name}, {label}"] = {k[len(prefix):]: v for k, v in metrics.items()
+                                if k.startswith(prefix) and (prefix or "/" not in k)}
+  rows[f"{name}, mean"] = {k[len("mean/"):]: v for k, v in metrics.items()
+                           if k.startswith("mean/")}
+  return rows
+
+
+def make_task(config: Config, mesh: Mesh) -> Task:
+  """The glyphs `Task` of `config` (its `data.glyphs` section sets the benchmark)."""
+  data = load(config)
+  train_x, test_x = to_inputs(data.train_images), to_inputs(data.test_images)
+  classes, train_labels = np.unique(data.train_labels, return_inverse=True)
+  batches, steps_per_epoch = training_batches(config, train_x, train_labels)
+  ks = config.eval.recall_ks
+  similarity = eval_similarity(config)
+
+  def evaluate(embedder, state):
+    emb = embedder.arrays(state.params, state.model_state, test_x)
+    return level_metrics(emb, data, data.test_labels, ks=ks, mesh=mesh, **similarity)
+
+  def baselines(embedder, model):
+    raw = test_x.reshape(len(test_x), -1)
+    variables = dict(model.init(jax.random.PRNGKey(config.seed), test_x[:2]))
+    params = {"model": variables.pop("params")}
+    untrained = embedder.arrays(params, variables, test_x)
+    return {**level_rows("raw pixels", level_metrics(raw, data, data.test_labels, ks=ks)),
+            **level_rows("untrained", level_metrics(untrained, data, data.test_labels, ks=ks,
+                                                    **similarity))}
+
+  def save_retrieval(path, embedder, state):
+    from jaxdml.train.plots import save_retrieval_grid  # noqa: PLC0415
+    emb = embedder.arrays(state.params, state.model_state, test_x)
+    image = lambda i: np.repeat(data.test_images[i][..., None], 3, -1)
+    return save_retrieval_grid(path, emb, data.test_labels, emb, data.test_labels, image, image,
+                               same_set=True, **similarity)
+
+  num_test = len(np.unique(data.test_labels))
+  pool = (f", an unlabelled pool of {len(data.pool_images)} images"
+          if len(data.pool_images) else "")
+  summary = (f"glyphs: {len(train_x)} train images of {len(classes)} classes, {len(test_x)} "
+             f"test images of {num_test} unseen classes{pool} ({config.data.glyphs.size}x"
+             f"{config.data.glyphs.size}, {len(data.faces)} typefaces)")
+  return Task(summary=summary, num_classes=len(classes), batches=batches,
+              steps_per_epoch=steps_per_epoch, sample=train_x[:2], evaluate=evaluate,
+              rows=lambda final: level_rows("trained", final), baselines=baselines,
+              save_retrieval=save_retrieval)
