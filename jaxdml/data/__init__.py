@@ -6,7 +6,7 @@ demand: importing it registers "deepfashion_inshop" and "dyml" with TFDS).
 
 from jaxdml.data import transforms
 from jaxdml.data.digits import DigitPairs, make_digit_pairs
-from jaxdml.data.samplers import class_balanced_batches
+from jaxdml.data.samplers import class_balanced_batches, random_batches
 from jaxdml.data.sources import (
   ArraySource,
   ImageFolderSource,
@@ -30,4 +30,4 @@ def __getattr__(name):  # the grain pipeline is imported on first use (grain tak
 __all__ = ["transforms", "DigitPairs", "make_digit_pairs", "MPerClassSampler", "make_eval_loader",
            "make_train_loader", "class_balanced_batches", "ArraySource", "ImageFolderSource",
            "SubsetSource", "TFDSSource", "dml_split", "relabel", "UndecodableImagesError",
-           "verify_images"]
+           "verify_images", "random_batches"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxdml import _checks
+
 
 def class_balanced_batches(
     labels: np.ndarray,
@@ -71,3 +73,44 @@ def class_balanced_batches(
         take = np.concatenate([rng.permutation(members[c]), extra])
       out[b, j * per_class:(j + 1) * per_class] = take
   return out
+
+
+def random_batches(
+    num_examples: int,
+    batch_size: int,
+    *,
+    num_batches: int | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+  """Plain shuffled index batches, without regard to labels ("random" sampling).
+
+  The order of a PyTorch `DataLoader(shuffle=True, drop_last=True)`: each epoch is one random
+  permutation of `range(num_examples)` cut into consecutive batches of `batch_size`, the last
+  partial batch dropped. Batches past the first epoch's `num_examples // batch_size` come from
+  further permutations (drawn from the same generator), so within every epoch's worth each index
+  appears at most once. A batch may hold anchors without any positive.
+
+  Args:
+    num_examples: N, the dataset size.
+    batch_size: examples per batch (<= N).
+    num_batches: batches to produce; default `N // batch_size` (one epoch).
+    seed: numpy seed; the same seed gives the same batches.
+
+  Returns:
+    int32 [num_batches, batch_size] indices into `range(num_examples)`.
+  """
+  _checks.positive_int(num_examples, "num_examples")
+  _checks.positive_int(batch_size, "batch_size")
+  if batch_size > num_examples:
+    raise ValueError(f"batch_size={batch_size} exceeds num_examples={num_examples}; with "
+                     "drop_last there would be no batch.")
+  per_epoch = num_examples // batch_size
+  if num_batches is None:
+    num_batches = per_epoch
+  _checks.positive_int(num_batches, "num_batches")
+  rng = np.random.default_rng(seed)
+  epochs = -(-num_batches // per_epoch)
+  used = per_epoch * batch_size
+  cuts = [rng.permutation(num_examples)[:used].reshape(per_epoch, batch_size)
+          for _ in range(epochs)]
+  return np.concatenate(cuts)[:num_batches].astype(np.int32)
