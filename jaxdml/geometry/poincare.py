@@ -229,12 +229,16 @@ def riemannian_gradient(x: Array, *, c: float = DEFAULT_C) -> Array:
   HIER applies to the embeddings and to its hierarchical proxies (Hyp-ViT does not). No gradient
   flows to `c`.
 
+  The scale is computed in x's compute dtype (at least float32), `c` included: float64 points get
+  the float64 scale, float32 and lower-precision points the float32 one.
+
   Args:
     x: [..., d] points of the ball.
-    c: curvature parameter.
+    c: curvature parameter (a Python number or an array).
   """
   _check_c(c)
-  return _riemannian_gradient(x, jnp.asarray(c, jnp.float32))
+  _, comp = _dtypes(x)
+  return _riemannian_gradient(x, jnp.asarray(c, comp))
 
 
 def to_poincare(
