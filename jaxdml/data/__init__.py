@@ -6,6 +6,7 @@ demand: importing it registers "deepfashion_inshop" and "dyml" with TFDS).
 
 from jaxdml.data import transforms
 from jaxdml.data.digits import DigitPairs, make_digit_pairs
+from jaxdml.data.glyphs import GlyphInstances, Glyphs, make_glyph_instances, make_glyphs
 from jaxdml.data.samplers import class_balanced_batches, random_batches
 from jaxdml.data.sources import (
   ArraySource,
@@ -27,7 +28,8 @@ def __getattr__(name):  # the grain pipeline is imported on first use (grain tak
   raise AttributeError(f"module 'jaxdml.data' has no attribute {name!r}")
 
 
-__all__ = ["transforms", "DigitPairs", "make_digit_pairs", "MPerClassSampler", "make_eval_loader",
+__all__ = ["transforms", "DigitPairs", "make_digit_pairs", "Glyphs", "make_glyphs",
+           "GlyphInstances", "make_glyph_instances", "MPerClassSampler", "make_eval_loader",
            "make_train_loader", "class_balanced_batches", "ArraySource", "ImageFolderSource",
            "SubsetSource", "TFDSSource", "dml_split", "relabel", "UndecodableImagesError",
            "verify_images", "random_batches"]
