@@ -45,16 +45,27 @@ Defaults and where they come from (the official code, `main.py`, `train.py`, `mi
     0, negative margin 0.5, each term averaged over its non-zero entries (`AvgNonZeroReducer`);
   * the mixed embedding itself is not re-normalised by the code, but every distance it enters
     normalises it (PML's `LpDistance` has `normalize_embeddings=True`), so the loss sees the
-    re-normalised mixture; every loss here works on cosine similarities for the same reason.
-The released code (commit 7ce730c) implements the contrastive loss only. For the other losses the
-mixed loss is the paper's `L_clean + w L_mix` with the clean loss's hyperparameters, not the fused
-multi-similarity form of a later version of the code.
+    re-normalised mixture; every loss here works on cosine similarities for the same reason;
+  * multi-similarity: PML's loss with alpha 17.97, beta 75.66, base 0.77 and PML's
+    multi-similarity miner with epsilon 0.39 on the clean pairs (`main.py` lines 171-176 of
+    github.com/billpsomas/metrix at b679703), not Wang et al.'s 2 / 50 / 0.5 with epsilon 0.1
+    that `objectives.core("multi_similarity")` defaults to;
+  * Proxy-Anchor: PML's defaults (margin 0.1, alpha 32), the proxies at 100x the learning rate;
+  * batches (`main.py` and the README's commands): CUB-200 and Cars-196 train on plain random
+    batches of 100 (a shuffled loader, the last partial batch dropped), not on P x M
+    class-balanced ones, so many anchors have no positive in their batch; SOP and In-shop on
+    batches of 20 classes x 5 images (`BalancedSampler`, `--images_per_class 5`).
+`recipe(dataset, loss, mode)` gives these values. The released code (commit 7ce730c) implements the
+contrastive loss only; the later one (b679703) adds multi-similarity with embedding mixup and
+Proxy-Anchor without mixup. For the other losses the mixed loss is the paper's `L_clean + w L_mix`
+with the clean loss's hyperparameters, not the fused multi-similarity form of that later code.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -719,6 +730,92 @@ def build(inner: objectives.Objective, settings: Settings,
     p, m = setup.classes_per_batch, setup.per_class
     settings = dataclasses.replace(settings, num_mixed=max(1, p * m * (m - 1)))
   return wrap(inner, settings)
+
+
+# --------------------------------------------------------------------------- published runs
+
+#: The official code's datasets (`main.py --dataset`) and losses (`--loss`).
+RECIPE_DATASETS = ("cub", "cars", "sop", "inshop")
+RECIPE_LOSSES = ("contrastive", "multisimilarity", "proxyanchor")
+#: The official code's modes (`--mode`): no mixup, or the mixing location.
+RECIPE_MODES = MappingProxyType({"baseline": None, "input": "input", "feature": "feature",
+                                 "embed": "embedding"})
+
+_RECIPE_OBJECTIVES = MappingProxyType({
+    # PML ContrastiveLoss(neg_margin=0.5) on LpDistance (normalised embeddings).
+    "contrastive": ("contrastive", {"pos_margin": 0.0, "neg_margin": 0.5}, None, {}),
+    # main.py:171-176: MultiSimilarityLoss(17.97, 75.66, 0.77), MultiSimilarityMiner(0.39).
+    "multisimilarity": ("multi_similarity", {"alpha": 17.97, "beta": 75.66, "base": 0.77},
+                        "multi_similarity", {"epsilon": 0.39}),
+    # PML ProxyAnchorLoss(num_classes, embedding_size) with its defaults.
+    "proxyanchor": ("proxy_anchor", {"margin": 0.1, "alpha": 32.0}, None, {}),
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """An official Metrix run as plain values: the objective and the batches it sees.
+
+  `objectives.core(r.loss, miner=r.miner, miner_kwargs=r.miner_kwargs, **r.loss_kwargs)` (with
+  `num_classes` and `dim` for Proxy-Anchor) is the clean objective and `wrap(inner, r.settings)`
+  adds Metrix (none for `settings=None`, the baseline).
+
+  Attributes:
+    loss: the core loss (`jaxdml.objectives.names()`).
+    loss_kwargs: its keyword arguments.
+    miner: the `jaxdml.miners.MINERS` name, or None.
+    miner_kwargs: the miner's keyword arguments.
+    settings: the Metrix `Settings`, or None for the baseline (no mixup).
+    batch_size: examples per batch (`--batch_size 100` in every README command).
+    per_class: images per class of a class-balanced batch (`--images_per_class`), or None for
+      plain random batches (CUB-200, Cars-196).
+  """
+
+  loss: str
+  loss_kwargs: Mapping[str, float]
+  miner: str | None
+  miner_kwargs: Mapping[str, float]
+  settings: Settings | None
+  batch_size: int
+  per_class: int | None
+
+  def __post_init__(self):
+    object.__setattr__(self, "loss_kwargs", MappingProxyType(dict(self.loss_kwargs)))
+    object.__setattr__(self, "miner_kwargs", MappingProxyType(dict(self.miner_kwargs)))
+
+
+def recipe(dataset: str, loss: str = "multisimilarity", mode: str = "feature") -> Recipe:
+  """The official code's run for `--dataset dataset --loss loss --mode mode`.
+
+  Loss and miner from `main.py`; batches of 100, random on CUB-200 and Cars-196, 20 classes x 5
+  images on SOP and In-shop (`main.py` and the README's commands); Metrix with the code's
+  defaults (lam ~ Beta(2, 2) once per step, w = 0.4, a coin flip between positive-negative and
+  anchor-negative pairs) at the mode's location. The code at b679703 runs every mode with the
+  contrastive loss, multi-similarity as baseline and with embedding mixup (its input mode stops
+  with a message, its feature mode has no branch), and Proxy-Anchor as baseline only; its
+  `BalancedSampler` (SOP, In-shop) prints its indices and exits in `__iter__`, a leftover of
+  debugging, so `per_class` is what that sampler was written to give.
+
+  Args:
+    dataset: "cub", "cars", "sop" or "inshop".
+    loss: "contrastive", "multisimilarity" or "proxyanchor".
+    mode: "baseline", "input", "feature" or "embed".
+
+  >>> r = recipe("cub")
+  >>> r.loss, dict(r.loss_kwargs)
+  ('multi_similarity', {'alpha': 17.97, 'beta': 75.66, 'base': 0.77})
+  >>> r.miner, dict(r.miner_kwargs), r.batch_size, r.per_class, r.settings.location
+  ('multi_similarity', {'epsilon': 0.39}, 100, None, 'feature')
+  """
+  _checks.one_of(dataset, RECIPE_DATASETS, "dataset")
+  _checks.one_of(loss, RECIPE_LOSSES, "loss")
+  _checks.one_of(mode, tuple(RECIPE_MODES), "mode")
+  name, loss_kwargs, miner, miner_kwargs = _RECIPE_OBJECTIVES[loss]
+  location = RECIPE_MODES[mode]
+  settings = None if location is None else Settings(location=location)
+  return Recipe(loss=name, loss_kwargs=loss_kwargs, miner=miner, miner_kwargs=miner_kwargs,
+                settings=settings, batch_size=100,
+                per_class=None if dataset in ("cub", "cars") else 5)
 
 
 # --------------------------------------------------------------------------- positivity
