@@ -20,7 +20,11 @@ and be updated inside `jax.jit`):
 
 `apply` does the three steps in the authors' order (update, then generate from the updated
 state, then concatenate). `pairs` gives the (target, mask) of the combined set for the matrix
-form of the losses, and `loss` adds the recipe's auxiliary loss.
+form of the losses, and `loss` adds the recipe's auxiliary loss. `copies` is the control that
+isolates DAS's own idea: R exact copies of each real embedding in place of the generated ones
+(the batch repeated R + 1 times: same size, labels and loss), `Settings(generation="off")` in
+the objective. `recipe` gives the DAS settings of a published run, `full_recipe` the whole run
+(loss, miner, settings, images per class).
 
 Reference: L. Liu, S. Huang, Z. Zhuang, R. Yang, M. Tan, Y. Wang, "Densely-Anchored Sampling for
 Deep Metric Learning", ECCV 2022; official code github.com/lizhaoliu-Lec/DAS
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from types import MappingProxyType
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -329,6 +333,37 @@ def apply(state: State, z: Array, y: Array, key: Array,
   return z_all, y_all, state
 
 
+def copies(z: Array, y: Array, num_generated: int = 3, *,
+           detach: bool = False) -> tuple[Array, Array]:
+  """The control of `generate`: `num_generated` exact copies of each real embedding.
+
+  Same shapes, order (round-major) and labels as `generate`, and the same gradient path (none
+  with `detach`), but nothing is scaled, shifted or re-normalised: `combine(z, y, *copies(z, y,
+  R))` is the batch repeated R + 1 times. Training on it instead of on DAS's output measures
+  what repeating the batch alone does (each pair counted (R + 1)^2 times, and each embedding
+  paired with its own copies as extra positives).
+
+  Args:
+    z: [B, d] floating embeddings.
+    y: [B] integer labels.
+    num_generated: R.
+    detach: the copies carry no gradient back to `z` (as `generate`'s `detach`).
+
+  Returns:
+    (z_copies [R*B, d], y_copies [R*B]).
+
+  >>> import jax.numpy as jnp
+  >>> z_c, y_c = copies(jnp.eye(2), jnp.array([0, 1]), num_generated=2)
+  >>> z_c.tolist(), y_c.tolist()
+  ([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], [0, 1, 0, 1])
+  """
+  _checks.embeddings(z, "z")
+  _checks.labels(y, z.shape[0], "y")
+  _checks.positive_int(num_generated, "num_generated")
+  src = jax.lax.stop_gradient(z) if detach else z
+  return jnp.tile(src, (num_generated, 1)), jnp.tile(y, num_generated)
+
+
 QUERIES = ("all", "real")
 
 
@@ -390,6 +425,9 @@ def loss(loss_fn: Callable[[Array, Array], Array], z: Array, y: Array, z_gen: Ar
   return loss_fn(z, y) + aux_weight * total
 
 
+GENERATIONS = ("on", "off")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """DAS settings; the defaults are the authors' argparse defaults (`scripts/parameters.py`),
@@ -405,6 +443,11 @@ class Settings:
     normalize: L2-normalise the generated embeddings (on).
     aux_weight: None, or the weight of the combined batch's loss added to the real batch's
       (`--aux_loss`, 1.0 in the SOP triplet recipes).
+    generation: "on" (DAS) or "off", the control: R exact copies of each real embedding take
+      the place of the generated ones (`copies`, with `detach` as set), so the batch size,
+      labels and loss computation are those of "on" and only the generation differs. The
+      memory is updated in both (it is recorded but not read with "off"), so the state evolves
+      the same way.
 
   >>> Settings(shift_scale=0.1).num_generated
   3
@@ -422,6 +465,7 @@ class Settings:
   detach: bool = False
   normalize: bool = True
   aux_weight: float | None = None
+  generation: str = "on"
 
   def __post_init__(self):
     for name in ("num_scaled_dims", "bank_size", "num_generated"):
@@ -436,6 +480,9 @@ class Settings:
       raise ValueError(f"das shift_scale must be >= 0, got {self.shift_scale}.")
     if self.aux_weight is not None and not self.aux_weight >= 0:
       raise ValueError(f"das aux_weight must be None or >= 0, got {self.aux_weight}.")
+    if self.generation not in GENERATIONS:
+      raise ValueError(f"das generation must be one of {GENERATIONS}, got "
+                       f"{self.generation!r}.")
 
   def init_kwargs(self) -> dict:
     """Keyword arguments for `init`."""
@@ -482,7 +529,10 @@ scale (0.5, 2.0), shift 0.1, no detach. Table 2 (`table2.sh`, K = 4): CUB/Cars a
 K = 4, and without normalisation for lifted and N-pair; SOP: shift 0.1 except margin (all
 defaults), fine scale (0.99, 1.01) and no normalisation for lifted and N-pair, detach and the
 auxiliary loss (weight 1) only for the two triplet runs. The script's Cars "MS + R^512" line of
-Table 1 names `cub200`; its settings are those of the other Cars and CUB lines.
+Table 1 names `cub200`; its settings are those of the other Cars and CUB lines. Every run uses 2
+images per class; the multi-similarity runs use the code's MS loss (alpha 2, beta 40, base 0.5)
+with its pair mining (margin 0.1): beta 40, where `objectives.core("multi_similarity")` has
+Wang et al.'s 50 (`full_recipe` gives the whole run).
 """
 
 
@@ -506,6 +556,72 @@ def recipe(table: str, dataset: str, loss: str = "multisimilarity") -> Settings:
         f"{sorted(RECIPES)}.") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """A published DAS run as plain values: the objective around DAS and the batches it sees.
+
+  `objectives.core(r.loss, miner=r.miner, miner_kwargs=r.miner_kwargs, **r.loss_kwargs)` is the
+  inner objective, `wrap(inner, r.settings, ...)` puts DAS around it, and batches hold
+  `r.per_class` images of each class.
+
+  Attributes:
+    loss: the core loss (`jaxdml.objectives.names()`).
+    loss_kwargs: its keyword arguments.
+    miner: the `jaxdml.miners.MINERS` name, or None.
+    miner_kwargs: the miner's keyword arguments.
+    settings: the DAS `Settings` (`recipe(...)`).
+    per_class: images per class in a batch (`--samples_per_class`).
+  """
+
+  loss: str
+  loss_kwargs: Mapping[str, float]
+  miner: str | None
+  miner_kwargs: Mapping[str, float]
+  settings: Settings
+  per_class: int
+
+  def __post_init__(self):
+    object.__setattr__(self, "loss_kwargs", MappingProxyType(dict(self.loss_kwargs)))
+    object.__setattr__(self, "miner_kwargs", MappingProxyType(dict(self.miner_kwargs)))
+
+
+#: The multi-similarity loss of the DAS code (`loss/multisimilarity.py` with the defaults of
+#: `scripts/parameters.py`: pos weight 2, neg weight 40, thresh 0.5) and its pair mining inside the
+#: loss (margin 0.1: a negative is kept if `s_an + 0.1 > min_p s_ap`, a positive if
+#: `s_ap - 0.1 < max_n s_an`), which is `jaxdml.miners.multi_similarity_miner` with epsilon 0.1.
+DAS_MULTI_SIMILARITY = MappingProxyType({"alpha": 2.0, "beta": 40.0, "base": 0.5})
+DAS_MS_MINER = MappingProxyType({"epsilon": 0.1})
+
+
+def full_recipe(table: str, dataset: str, loss: str = "multisimilarity") -> Recipe:
+  """The whole published run of `recipe(table, dataset, loss)`: loss, miner, DAS, batches.
+
+  Every multi-similarity run of `table1.sh` and `table2.sh` uses the code's MS loss (alpha 2,
+  beta 40, base 0.5) with its pair mining (margin 0.1) and `--samples_per_class 2`; the DAS
+  settings are `recipe(table, dataset, loss)`. The other losses of Table 2 have only their DAS
+  settings here (`recipe`).
+
+  Args:
+    table: "table1" or "table2".
+    dataset: "cub200", "cars196" or "online_products".
+    loss: "multisimilarity".
+
+  >>> r = full_recipe("table1", "cub200")
+  >>> r.loss, dict(r.loss_kwargs), r.per_class
+  ('multi_similarity', {'alpha': 2.0, 'beta': 40.0, 'base': 0.5}, 2)
+  >>> r.miner, dict(r.miner_kwargs), r.settings.num_scaled_dims
+  ('multi_similarity', {'epsilon': 0.1}, 8)
+  """
+  settings = recipe(table, dataset, loss)
+  if loss != "multisimilarity":
+    raise ValueError(f"full_recipe covers the multi-similarity runs (loss='multisimilarity'), "
+                     f"got loss={loss!r}; recipe({table!r}, {dataset!r}, {loss!r}) gives its DAS "
+                     "settings.")
+  return Recipe(loss="multi_similarity", loss_kwargs=DAS_MULTI_SIMILARITY,
+                miner="multi_similarity", miner_kwargs=DAS_MS_MINER, settings=settings,
+                per_class=2)
+
+
 # ------------------------------------------------------------------------------------------------
 # The objective
 # ------------------------------------------------------------------------------------------------
@@ -521,6 +637,8 @@ def wrap(inner: Objective, settings: Settings = Settings(), *, num_classes: int,
   combined embeddings and labels only (no inputs, feature maps or model seam: they belong to the
   real examples), so a Metrix inside DAS can mix embeddings, not images or feature maps; put
   Metrix outside DAS to mix those (the order of the published recipes: DAS, then Metrix). With
+  `settings.generation="off"` the generated embeddings are exact copies of the real ones
+  (`copies`): the control that keeps everything but DAS's generation. With
   `settings.aux_weight` the inner objective also scores the real batch alone (with the full
   `Batch`): `L(real) + aux_weight * L(real + generated)`, its state taken from the combined call.
 
@@ -564,7 +682,10 @@ def wrap(inner: Objective, settings: Settings = Settings(), *, num_classes: int,
     k_inner, k_own = jax.random.split(key)
     z, y = batch.embeddings, batch.labels
     memory = update(state[name], z, y)
-    z_gen, y_gen = generate(memory, z, y, k_own, **settings.generate_kwargs())
+    if settings.generation == "on":
+      z_gen, y_gen = generate(memory, z, y, k_own, **settings.generate_kwargs())
+    else:
+      z_gen, y_gen = copies(z, y, settings.num_generated, detach=settings.detach)
     z_all, y_all = combine(z, y, z_gen, y_gen)
     inner_state = {k: v for k, v in state.items() if k != name}
     combined = objectives.Batch(z_all, y_all)

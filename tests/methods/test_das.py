@@ -511,3 +511,111 @@ def test_update_inside_a_jitted_program_skips_self_pairs():
   # 4 samples per class: 12 ordered differences each, so the ring pointer moves to 12 % 10
   assert lo == hi == 2
   assert min_norm > 1e-3  # no (near-)zero shift was stored
+
+
+# --------------------------------------------------------------------------- the control, recipes
+
+
+def test_generation_off_is_the_duplicated_batch():
+  """generation="off": the inner loss of the batch repeated R + 1 times, value and gradient; the
+  memory is updated as with "on"; "on" gives another loss."""
+  from jaxdml import objectives  # noqa: PLC0415
+
+  rng = np.random.default_rng(21)
+  z, y = batch(rng, classes=(0, 0, 1, 1, 2, 2, 3, 3), dim=8)
+  z = similarity.l2_normalize(z)
+  inner = objectives.core("multi_similarity", miner="multi_similarity",
+                          miner_kwargs={"epsilon": 0.1})
+  key = jax.random.key(5)
+  r = 3
+  off = das.wrap(inner, das.Settings(num_generated=r, generation="off"), num_classes=4, dim=8)
+  on = das.wrap(inner, das.Settings(num_generated=r, scale_range=(0.5, 2.0)), num_classes=4,
+                dim=8)
+
+  def value(obj, zz):
+    loss, state, _ = obj.apply({}, obj.init_state(), objectives.Batch(zz, y), key)
+    return loss, state
+
+  # Naive reference: the duplicated batch built by hand, through the same inner objective.
+  z_dup = jnp.asarray(np.concatenate([np.asarray(z)] * (r + 1)))
+  y_dup = jnp.asarray(np.concatenate([np.asarray(y)] * (r + 1)))
+  k_inner = jax.random.split(key)[0]
+  inner_loss = jax.jit(lambda zz, yy: inner.apply({}, {}, objectives.Batch(zz, yy), k_inner)[0])
+  expected = inner_loss(z_dup, y_dup)
+  (loss_off, state_off), (loss_on, state_on) = jax.jit(
+      lambda zz: (value(off, zz), value(on, zz)))(z)
+  np.testing.assert_allclose(loss_off, expected, rtol=1e-6)
+  np.testing.assert_allclose(
+      loss_off, L.multi_similarity_loss(z_dup, y_dup, miner_epsilon=0.1), rtol=1e-6)
+  # The repeated batch is not the batch: the control is not a no-op.
+  assert abs(float(loss_off) - float(inner_loss(z, y))) > 1e-4
+  assert abs(float(loss_on) - float(loss_off)) > 1e-4
+  # The memory is recorded the same way.
+  for a, b in zip(state_off["das"], state_on["das"], strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert state_off["das"].bank_count.tolist() == [2, 2, 2, 2]
+  # Gradients: through every copy without detach, through the real rows only with it.
+  detached = das.wrap(inner, das.Settings(num_generated=r, generation="off", detach=True),
+                      num_classes=4, dim=8)
+
+  def real_rows_only(zz):
+    z_all = jnp.concatenate([zz, jax.lax.stop_gradient(jnp.tile(zz, (r, 1)))])
+    return inner.apply({}, {}, objectives.Batch(z_all, y_dup), k_inner)[0]
+
+  @jax.jit
+  def gradients(zz):
+    g = lambda f: jax.grad(f)(zz)
+    return (g(lambda v: value(off, v)[0]), g(lambda v: inner_loss(jnp.tile(v, (r + 1, 1)), y_dup)),
+            g(lambda v: value(detached, v)[0]), g(real_rows_only))
+
+  g_off, g_ref, g_det, g_det_ref = gradients(z)
+  np.testing.assert_allclose(g_off, g_ref, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(g_det, g_det_ref, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(g_det, g_off)
+  # copies itself, and the setting's check.
+  z_c, y_c = das.copies(z, y, 2)
+  np.testing.assert_array_equal(z_c, np.concatenate([z, z]))
+  np.testing.assert_array_equal(y_c, np.concatenate([y, y]))
+  with pytest.raises(ValueError, match="das generation"):
+    das.Settings(generation="none")
+
+
+# The published multi-similarity runs, written from table1.sh / table2.sh and
+# scripts/parameters.py of github.com/lizhaoliu-Lec/DAS (4f2a357):
+# (table, dataset) -> (K, scale_range, shift_scale, detach).
+PUBLISHED_MS = {
+    ("table1", "cub200"): (8, (0.99, 1.01), 0.01, True),
+    ("table1", "cars196"): (8, (0.99, 1.01), 0.01, True),
+    ("table1", "online_products"): (8, (0.5, 2.0), 0.1, False),
+    ("table2", "cub200"): (4, (0.99, 1.01), 0.01, True),
+    ("table2", "cars196"): (4, (0.99, 1.01), 0.01, True),
+    ("table2", "online_products"): (4, (0.5, 2.0), 0.1, False),
+}
+
+
+@pytest.mark.parametrize("table,dataset", sorted(PUBLISHED_MS))
+def test_full_recipe_matches_the_scripts(table, dataset):
+  k, scale, shift, detach = PUBLISHED_MS[(table, dataset)]
+  r = das.full_recipe(table, dataset)
+  assert r.loss == "multi_similarity"
+  assert dict(r.loss_kwargs) == {"alpha": 2.0, "beta": 40.0, "base": 0.5}
+  assert r.miner == "multi_similarity" and dict(r.miner_kwargs) == {"epsilon": 0.1}
+  assert r.per_class == 2
+  s = r.settings
+  assert (s.num_scaled_dims, s.scale_range, s.shift_scale, s.detach) == (k, scale, shift, detach)
+  assert (s.num_generated, s.bank_size, s.normalize, s.aux_weight, s.generation) == (
+      3, 10, True, None, "on")
+  assert s == das.recipe(table, dataset)
+  # The values build an objective.
+  from jaxdml import objectives  # noqa: PLC0415
+  inner = objectives.core(r.loss, miner=r.miner, miner_kwargs=r.miner_kwargs, **r.loss_kwargs)
+  assert das.wrap(inner, s, num_classes=3, dim=16).name == "multi_similarity+das"
+
+
+def test_full_recipe_errors():
+  with pytest.raises(ValueError, match="multi-similarity runs"):
+    das.full_recipe("table2", "cub200", "contrastive")
+  with pytest.raises(ValueError, match="no DAS recipe"):
+    das.full_recipe("table1", "cub200", "contrastive")
+  with pytest.raises(TypeError):
+    das.full_recipe("table1", "cub200").loss_kwargs["beta"] = 50.0
