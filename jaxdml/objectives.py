@@ -36,7 +36,10 @@ so composition is plain function application, in the order the caller chooses:
 Conventions every method follows (and a user's method should):
   * parameters and state nest by the method's name: `{**inner_params, "hier": proxies}`,
     `{**inner_state, "das": memory}`; the optimiser groups loss parameters by these keys
-    (`lr_mult={"hier": 50.0}` becomes the group "loss/hier");
+    (`lr_mult={"hier": 50.0}` becomes the group "loss/hier", and `weight_decay={"hier": 1e-2}`
+    gives that group its own decay);
+  * a method passes the `lr_mult` and `weight_decay` of its inner objective on (adding its own
+    keys), so the groups an inner method asks for survive any wrapping;
   * keys: a method splits its key into `(inner, own)` and passes `inner` on;
   * a method that adds a term records the loss of its inner objective as `aux["base_loss"]`
     unless a method inside it already did;
@@ -169,6 +172,14 @@ class Objective:
       their own pairs or triplets from labels).
     lr_mult: learning-rate multipliers by loss-parameter key, e.g. {"hier": 50.0}: the
       optimiser gives `params[key]` its own group "loss/<key>".
+    weight_decay: weight decays by loss-parameter key, e.g. {"hier": 1e-2}: the group
+      "loss/<key>" (created if `lr_mult` does not name it) decays at this rate instead of the
+      loss group's. Empty by default: every loss parameter takes the loss group's decay.
+
+  >>> obj = Objective("mine", lambda key: {}, lambda p, s, b, k: (0.0, s, {}),
+  ...                 weight_decay={"extra": 0.01})
+  >>> dict(obj.lr_mult), dict(obj.weight_decay)
+  ({}, {'extra': 0.01})
   """
 
   name: str
@@ -177,9 +188,18 @@ class Objective:
   init_state: Callable[[], State] = _empty
   soft: SoftLoss | None = None
   lr_mult: Mapping[str, float] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+  weight_decay: Mapping[str, float] = dataclasses.field(
+      default_factory=lambda: MappingProxyType({}))
 
   def __post_init__(self):
     object.__setattr__(self, "lr_mult", MappingProxyType(dict(self.lr_mult)))
+    decay = dict(self.weight_decay)
+    for key, value in decay.items():
+      if not isinstance(key, str) or not key:
+        raise ValueError(f"Objective weight_decay keys must be loss-parameter keys (non-empty "
+                         f"str), got {key!r}.")
+      _checks.number(value, f"weight_decay[{key!r}]", ge=0.0)
+    object.__setattr__(self, "weight_decay", MappingProxyType(decay))
 
 
 # ------------------------------------------------------------------------------------------------

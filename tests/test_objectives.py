@@ -336,3 +336,36 @@ def test_model_fns_outside_the_trainer():
   loss2, _, aux2 = emb.apply({}, {}, objectives.Batch(x @ w, y), jax.random.PRNGKey(2))
   np.testing.assert_allclose(aux["mix_loss"], aux2["mix_loss"], rtol=1e-5)
   np.testing.assert_allclose(loss, loss2, rtol=1e-5)
+
+
+def test_weight_decay_survives_every_wrapping():
+  """An inner method's own groups (lr multiplier and weight decay) pass through DAS and Metrix
+  wrapped around it, in either order, and reach the optimiser's spec."""
+  from jaxdml.methods import hier  # noqa: PLC0415
+  from jaxdml.train.optim import param_labels  # noqa: PLC0415
+
+  inner = objectives.core("proxy_anchor", num_classes=4, dim=6)
+  obj = hier.wrap(inner, hier.Settings(num_proxies=8, weight_decay=1e-2), dim=6)
+  for wrapped in (
+      metrix.wrap(das.wrap(obj, DAS, num_classes=4, dim=6), metrix.Settings(
+          location="embedding")),
+      das.wrap(metrix.wrap(obj, metrix.Settings(location="embedding")), DAS, num_classes=4,
+               dim=6)):
+    assert dict(wrapped.weight_decay) == {"hier": 1e-2}
+    assert dict(wrapped.lr_mult) == {"hier": 50.0}
+  assert dict(das.wrap(inner, DAS, num_classes=4, dim=6).weight_decay) == {}
+  with pytest.raises(ValueError, match="weight_decay"):
+    objectives.Objective("x", inner.init, inner.apply, weight_decay={"hier": -1.0})
+  # The optimiser decays the hier group alone (AdamW, zero gradients: the decay step only).
+  spec = OptimizerSpec(optimizer="adamw", learning_rate=0.1, weight_decay=0.0,
+                       loss_weight_decay=0.0,
+                       lr_mult={"loss": 1.0, **{f"loss/{k}": v for k, v in obj.lr_mult.items()}},
+                       group_weight_decay={f"loss/{k}": v for k, v in obj.weight_decay.items()})
+  params = {"model": {"w": jnp.ones(3)}, "loss": obj.init(jax.random.PRNGKey(0))}
+  assert param_labels(params, loss_groups=("loss/hier",))["loss"] == {"proxies": "loss",
+                                                                      "hier": "loss/hier"}
+  tx = make_optimizer(spec)
+  u, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  np.testing.assert_allclose(u["loss"]["hier"], -0.1 * 50.0 * 1e-2 * params["loss"]["hier"],
+                             rtol=1e-6)
+  assert float(jnp.abs(u["loss"]["proxies"]).max()) == 0.0

@@ -27,7 +27,9 @@ def optimizer_spec(config: Config, steps_per_epoch: int,
   """The optimiser of `config`, with its epoch-based schedule converted to steps.
 
   The objective's own groups (`objective.lr_mult`, e.g. HIER's proxies at 50x) become groups
-  "loss/<key>"; without `objective` it is built from the config.
+  "loss/<key>", and its own decays (`objective.weight_decay`) those groups' weight decay, in
+  place of the loss group's; `config.optim.eps` is the Adam / AdamW / RMSprop epsilon. Without
+  `objective` it is built from the config.
   """
   opt = config.optim
   if objective is None:
@@ -45,7 +47,9 @@ def optimizer_spec(config: Config, steps_per_epoch: int,
       decay_rate=opt.lr_decay_rate,
       freeze_backbone_steps=opt.freeze_backbone_epochs * steps_per_epoch,
       clip_norm=opt.clip_norm, clip_value=opt.clip_value,
-      frozen_patterns=FROZEN_BN_PATTERNS if config.model.frozen_bn else ())
+      frozen_patterns=FROZEN_BN_PATTERNS if config.model.frozen_bn else (),
+      group_weight_decay={f"loss/{key}": float(v) for key, v in objective.weight_decay.items()},
+      eps=float(opt.eps))
 
 
 def build_optimizer(config: Config, steps_per_epoch: int,

@@ -701,7 +701,8 @@ def wrap(inner: Objective, settings: Settings = Settings(), *, num_classes: int,
     return total, {**inner_state, name: memory}, aux
 
   return objectives.Objective(f"{inner.name}+{name}", inner.init, apply_fn, init_state,
-                              soft=inner.soft, lr_mult=inner.lr_mult)
+                              soft=inner.soft, lr_mult=inner.lr_mult,
+                              weight_decay=inner.weight_decay)
 
 
 def build(inner: Objective, settings: Settings, setup: objectives.Setup) -> Objective:

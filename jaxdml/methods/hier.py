@@ -122,11 +122,14 @@ def lr_multipliers(*, fc_lr_scale: float = 1.0) -> dict[str, float]:
     * "hier_proxies": 50 (the hierarchical proxies of `init_proxies`);
     * "class_proxies": 1e4 (the base loss's parameters, e.g. the Proxy-Anchor class proxies).
 
-  Every group uses the same weight decay. The base learning rate is scaled by
-  `global_batch / 180`; gradients of all parameters, the loss parameters included, are clipped
-  by value to [-10, 10] (the `--clip_grad` flag only switches this on). In jaxdml's trainer
-  groups ("backbone", "head", "loss"), the two proxy groups are both "loss" parameters and need
-  separate multipliers.
+  Every group uses the same weight decay, `--weight_decay` (1e-2 on CUB/Cars, 1e-4 on
+  SOP/In-shop), and the optimiser (AdamW in every script) one epsilon for all groups, 1e-4 with
+  `--use_fp16 True` (every script) and 1e-8 without (hier/train.py). The base learning rate is
+  scaled by `global_batch / 180`; gradients of all parameters, the loss parameters included,
+  are clipped by value to [-10, 10] (the `--clip_grad` flag only switches this on). In jaxdml's
+  trainer groups ("backbone", "head", "loss"), the two proxy groups are both "loss" parameters
+  and need separate multipliers (`Settings.lr_mult` gives the hierarchical proxies theirs, and
+  `Settings.weight_decay` their decay).
 
   >>> lr_multipliers()["hier_proxies"]
   50.0
@@ -655,6 +658,12 @@ class Settings:
     lambda1, lambda2: `lambda1 L_inner + lambda2 L_HIER` (1 and 0.5).
     lr_mult: the hierarchical proxies' learning-rate multiplier (50); the objective asks the
       optimiser for it as the group "loss/<name>".
+    weight_decay: the weight decay of that group, or None (default) for the loss group's
+      (`optim.loss_weight_decay`). The official code gives every group, these proxies included,
+      the script's `--weight_decay` (`get_params_groups` in hier/utils.py): 1e-2 on CUB/Cars and
+      1e-4 on SOP/In-shop, with AdamW's decoupled decay (scaled by the group's learning rate,
+      as optax's adamw) and eps 1e-4 for every group (`--use_fp16 True`, hier/train.py; set
+      `optim.eps`).
     c, clip_r: the Poincare ball (curvature parameter 0.1, feature clipping 2.3): the head's.
     margin, tau, topk, triplets_per_anchor, riemannian, lca_noise, negatives_include_anchor: as
       `loss_and_aux`.
@@ -671,6 +680,7 @@ class Settings:
   lambda1: float = DEFAULT_LAMBDA1
   lambda2: float = DEFAULT_LAMBDA2
   lr_mult: float = 50.0
+  weight_decay: float | None = None
   c: float = poincare.DEFAULT_C
   clip_r: float = poincare.DEFAULT_CLIP_R
   margin: float = DEFAULT_MARGIN
@@ -690,6 +700,8 @@ class Settings:
     for name in ("lr_mult", "c", "clip_r", "tau"):
       if not getattr(self, name) > 0:
         raise ValueError(f"hier {name} must be > 0, got {getattr(self, name)}.")
+    if self.weight_decay is not None and not self.weight_decay >= 0:
+      raise ValueError(f"hier weight_decay must be None or >= 0, got {self.weight_decay}.")
 
   def loss_kwargs(self) -> dict:
     """Keyword arguments for `loss_and_aux`."""
@@ -754,9 +766,13 @@ def wrap(inner: objectives.Objective, settings: Settings = Settings(), *, dim: i
     total = combine_losses(base, h, lambda1=settings.lambda1, lambda2=settings.lambda2)
     return total, state, aux
 
+  decay = dict(inner.weight_decay)
+  if settings.weight_decay is not None:
+    decay[name] = float(settings.weight_decay)
   return objectives.Objective(f"{inner.name}+{name}", init, apply, inner.init_state,
                               soft=inner.soft,
-                              lr_mult={**inner.lr_mult, name: float(settings.lr_mult)})
+                              lr_mult={**inner.lr_mult, name: float(settings.lr_mult)},
+                              weight_decay=decay)
 
 
 def build(inner: objectives.Objective, settings: Settings,

@@ -711,7 +711,8 @@ def wrap(inner: objectives.Objective, settings: Settings = Settings(), *,
     return loss + settings.weight * mix, state, aux
 
   return objectives.Objective(f"{inner.name}+{name}", inner.init, apply, inner.init_state,
-                              soft=inner.soft, lr_mult=inner.lr_mult)
+                              soft=inner.soft, lr_mult=inner.lr_mult,
+                              weight_decay=inner.weight_decay)
 
 
 def build(inner: objectives.Objective, settings: Settings,

@@ -10,7 +10,8 @@ matches one of `frozen_patterns` (e.g. the scale/bias of frozen batch norm) form
 "frozen", that is never updated: no gradient step and no weight decay (a coupled L2 penalty
 would otherwise move them under Adam). A loss-parameter entry can get a group of its own, named
 "loss/<key>" after its key in the loss parameters (HIER: hierarchical proxies at 50x while the
-class proxies of its base loss run at another rate): `lr_mult={"loss": 1e4, "loss/hier": 50}`.
+class proxies of its base loss run at another rate): `lr_mult={"loss": 1e4, "loss/hier": 50}`,
+and its own weight decay: `group_weight_decay={"loss/hier": 1e-2}`.
 The backbone group can be frozen for the first steps (Proxy-Anchor's warm-up epochs train only
 the head and the proxies): frozen means no update *and* no optimiser-state change, as with
 `requires_grad=False`.
@@ -41,7 +42,13 @@ class OptimizerSpec:
     learning_rate: base learning rate.
     weight_decay: weight decay of the model groups.
     lr_mult: learning-rate multiplier per group ("backbone", "head", "loss").
-    loss_weight_decay: weight decay of the loss group; None = `weight_decay`.
+    loss_weight_decay: weight decay of the loss group (and of its "loss/<key>" groups); None =
+      `weight_decay`.
+    group_weight_decay: weight decay per group, overriding the above: "backbone", "head",
+      "loss" or "loss/<key>" (a "loss/<key>" group named only here is created, at the loss
+      group's learning rate), e.g. {"loss/hier": 1e-2}.
+    eps: the epsilon added to the denominator by "adamw", "adam" and "rmsprop" (1e-8, optax's
+      and PyTorch's default; ignored by "sgd").
     schedule: "constant", "cosine" (to 0 at `total_steps`) or "step" (x `decay_rate` at each
       step of `decay_steps`).
     warmup_steps: linear learning-rate warm-up from 0 over this many steps.
@@ -70,6 +77,8 @@ class OptimizerSpec:
   clip_norm: float | None = None
   clip_value: float | None = None
   frozen_patterns: tuple[str, ...] = ()
+  group_weight_decay: dict[str, float] = dataclasses.field(default_factory=dict)
+  eps: float = 1e-8
 
   def validate(self) -> None:
     if self.optimizer not in ("adamw", "adam", "sgd", "rmsprop"):
@@ -78,15 +87,25 @@ class OptimizerSpec:
       raise ValueError(f"schedule must be constant, cosine or step, got {self.schedule!r}.")
     if not self.learning_rate > 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
-    unknown = {g for g in self.lr_mult if g not in GROUPS and not g.startswith("loss/")}
-    if unknown:
-      raise ValueError(f"lr_mult has unknown groups {sorted(unknown)}; groups are {GROUPS} "
-                       "and 'loss/<key>'.")
+    for field in ("lr_mult", "group_weight_decay"):
+      unknown = {g for g in getattr(self, field) if g not in GROUPS and not _is_loss_group(g)}
+      if unknown:
+        raise ValueError(f"{field} has unknown groups {sorted(unknown)}; groups are {GROUPS} "
+                         "and 'loss/<key>'.")
+    for group, value in self.group_weight_decay.items():
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"group_weight_decay[{group!r}] must be a number >= 0, got {value!r}.")
+    if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not self.eps > 0:
+      raise ValueError(f"eps must be a number > 0, got {self.eps!r}.")
     if self.schedule == "cosine" and self.total_steps <= 0:
       raise ValueError("the cosine schedule needs total_steps > 0.")
     for name in ("warmup_steps", "freeze_backbone_steps"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+
+
+def _is_loss_group(group: str) -> bool:
+  return group.startswith("loss/") and len(group) > len("loss/")
 
 
 def make_schedule(spec: OptimizerSpec, scale: float = 1.0) -> optax.Schedule:
@@ -109,13 +128,13 @@ def make_schedule(spec: OptimizerSpec, scale: float = 1.0) -> optax.Schedule:
 def _base(spec: OptimizerSpec, lr: optax.Schedule, weight_decay: float
           ) -> optax.GradientTransformation:
   if spec.optimizer == "adamw":
-    return optax.adamw(lr, weight_decay=weight_decay)
+    return optax.adamw(lr, eps=spec.eps, weight_decay=weight_decay)
   if spec.optimizer == "adam":
-    opt = optax.adam(lr)
+    opt = optax.adam(lr, eps=spec.eps)
   elif spec.optimizer == "sgd":
     opt = optax.sgd(lr, momentum=0.9)
   else:
-    opt = optax.rmsprop(lr, decay=0.99, eps=1e-8)  # PyTorch RMSprop's alpha and eps
+    opt = optax.rmsprop(lr, decay=0.99, eps=spec.eps)  # PyTorch RMSprop's alpha
   if weight_decay:
     return optax.chain(optax.add_decayed_weights(weight_decay), opt)
   return opt
@@ -173,9 +192,13 @@ def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
   mult = {"backbone": 1.0, "head": 1.0, "loss": 1.0, **spec.lr_mult}
   wd = {"backbone": spec.weight_decay, "head": spec.weight_decay,
         "loss": spec.weight_decay if spec.loss_weight_decay is None else spec.loss_weight_decay}
-  loss_groups = tuple(g for g in spec.lr_mult if g.startswith("loss/"))
+  own_wd = {g: float(v) for g, v in spec.group_weight_decay.items()}
+  wd.update({g: v for g, v in own_wd.items() if g in GROUPS})
+  loss_groups = tuple(dict.fromkeys(
+      g for g in (*spec.lr_mult, *spec.group_weight_decay) if _is_loss_group(g)))
   for g in loss_groups:
-    wd[g] = wd["loss"]
+    mult.setdefault(g, mult["loss"])
+    wd[g] = own_wd.get(g, wd["loss"])
   transforms = {g: _base(spec, make_schedule(spec, mult[g]), wd[g])
                 for g in (*GROUPS, *loss_groups)}
   transforms["backbone"] = frozen_for(transforms["backbone"], spec.freeze_backbone_steps)

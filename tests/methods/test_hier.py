@@ -426,3 +426,18 @@ def test_lowest_common_ancestors_by_hand():
   # both near 0.8 -> proxy 3; opposite sides -> the origin; both near 0.5 -> proxy 1
   np.testing.assert_array_equal(idx, [3, 0, 1])
   np.testing.assert_allclose(depth, [2 * np.arctanh(0.8), 0.0, 2 * np.arctanh(0.5)], atol=1e-5)
+
+
+def test_weight_decay_setting_asks_for_the_groups_decay():
+  inner = objectives.core("proxy_anchor", num_classes=4, dim=D)
+  assert hier.Settings().weight_decay is None
+  assert dict(hier.wrap(inner, hier.Settings(num_proxies=8), dim=D).weight_decay) == {}
+  obj = hier.wrap(inner, hier.Settings(num_proxies=8, weight_decay=1e-2), dim=D)
+  assert dict(obj.weight_decay) == {"hier": 1e-2} and dict(obj.lr_mult) == {"hier": 50.0}
+  # Two HIERs: each its own group, the inner one's kept.
+  outer = hier.wrap(obj, hier.Settings(num_proxies=8, weight_decay=0.0, lr_mult=5.0), dim=D,
+                    name="hier2")
+  assert dict(outer.weight_decay) == {"hier": 1e-2, "hier2": 0.0}
+  assert dict(outer.lr_mult) == {"hier": 50.0, "hier2": 5.0}
+  with pytest.raises(ValueError, match="hier weight_decay"):
+    hier.Settings(weight_decay=-1e-2)
