@@ -12,7 +12,7 @@ from jaxdml.models.bn_inception import (
                                         bn_inception_variables_from_torch,
                                         load_bn_inception,
 )
-from jaxdml.models.cnn import SmallCNN, conv2d_same
+from jaxdml.models.cnn import ResCNN, SmallCNN, conv2d_same
 from jaxdml.models.heads import EmbeddingHead, EmbeddingModel, GeM, l2_normalize, pool
 from jaxdml.models.registry import BACKBONES, backbone_from_name, with_backbone_weights
 from jaxdml.models.resnet import (
@@ -42,4 +42,4 @@ __all__ = ["SmallCNN", "conv2d_same", "GeM", "EmbeddingHead", "EmbeddingModel", 
            "resnet_variables_from_torch", "load_state_dict", "BNInception", "bn_inception",
            "bn_inception_preprocess", "bn_inception_variables_from_torch", "load_bn_inception",
            "VisionTransformer", "deit_small_patch16", "load_vit", "resample_pos_embed",
-           "vit_small_patch16", "vit_variables_from_hf", "vit_variables_from_timm"]
+           "vit_small_patch16", "vit_variables_from_hf", "vit_variables_from_timm", "ResCNN"]

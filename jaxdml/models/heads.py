@@ -26,6 +26,22 @@ POOLING_METHODS = ("avg", "max", "avg+max", "gem", "cls", "tokens_avg")
 embedding_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def global_max(x: Array) -> Array:
+  """Max over the middle axes of [B, H, W, C] or [B, T, D] -> [B, C].
+
+  A `lax.reduce_window` over the whole map, whose gradient goes to the first maximum (as
+  PyTorch's max pooling), rather than `jnp.max`, whose gradient is the mask `x == max(x)`:
+  compiled without XLA's optimisations (--xla_backend_optimization_level=0, as the tests
+  compile) that mask can compare two differently rounded recomputations of a fused input (an
+  affine map then ReLU) and be empty, giving a 0 / 0 gradient.
+  """
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    return jnp.max(x, axis=tuple(range(1, x.ndim - 1)))
+  window = (1, *x.shape[1:-1], 1)
+  out = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")
+  return out.reshape(x.shape[0], x.shape[-1])
+
+
 def pool(x: Array, method: str, *, p: float | Array = 3.0, eps: float = 1e-6) -> Array:
   """Global pooling of a feature map or a token sequence.
 
@@ -60,9 +76,9 @@ def pool(x: Array, method: str, *, p: float | Array = 3.0, eps: float = 1e-6) ->
   if method == "avg":
     return jnp.mean(x, axis=axes)
   if method == "max":
-    return jnp.max(x, axis=axes)
+    return global_max(x)
   if method == "avg+max":
-    return jnp.mean(x, axis=axes) + jnp.max(x, axis=axes)
+    return jnp.mean(x, axis=axes) + global_max(x)
   p = jnp.reshape(jnp.asarray(p, jnp.float32), ())
   xf = jnp.maximum(x.astype(jnp.float32), eps)
   return (jnp.mean(xf ** p, axis=axes) ** (1.0 / p)).astype(x.dtype)

@@ -58,7 +58,8 @@ def test_small_cnn_options_it_uses():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ([*RESNET, "model.conv_impl=xla"], "model.conv_impl applies to small_cnn and res_cnn only, resnet50"),
+    ([*RESNET, "model.conv_impl=xla"],
+     "model.conv_impl applies to small_cnn and res_cnn only, resnet50"),
     ([*RESNET, "model.pooling=cls"], "model.pooling='cls' pools a ViT's tokens; resnet50 gives a "
      r"feature map: model.pooling must be one of avg, max, avg\+max, gem"),
     ([*RESNET, "model.pooling=tokens_avg"], "must be one of avg, max, avg"),
