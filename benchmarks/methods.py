@@ -1,41 +1,46 @@
-"""DAS, Metrix and HIER against their baseline losses on the digit-pairs benchmark, over seeds.
+"""DAS, Metrix and HIER against their baselines, with their controls, over seeds: on the glyphs
+benchmark (the default) or on digit pairs.
 
-The default digit-pairs recipe already reaches MAP@R 0.94, which leaves little room to see a
-method help. This benchmark uses a setting with headroom: 10 training images per class (500
-images of 50 classes instead of 2,000) and 10 epochs of 16 classes x 4 images; the test set and
-its leave-one-out protocol are the benchmark's (1,000 images of 50 unseen classes). Every row
-is the same small CNN and optimiser (AdamW lr 1e-3, weight decay 1e-4, loss parameters at 100x
-without decay); only the objective (and, for HIER, the head) changes:
+Glyphs (`--benchmark glyphs`): every run is the glyphs recipe (`jaxdml train --config glyphs`:
+`ResCNN`, 8 epochs, AdamW 1e-3) with the objective, batches and optimiser of a method's
+published recipe; the runs and their settings are `jaxdml.configs.glyphs_methods`:
 
-  - MS / MS + DAS: multi-similarity (alpha 2, beta 50, base 0.5) with DAS at the authors'
-    argparse defaults (K 4, scale [0.5, 2], shift 0.01, bank 10, R 3);
-  - MS / contrastive + Metrix: Metrix feature mixup at the official code's defaults (alpha 2,
-    w 0.4, a coin flip per step between positive-negative and anchor-negative pairs, the first
-    positive mixed with every negative);
-  - PA (linear head) / PA (hyperbolic head) / PA + HIER: Proxy-Anchor on the Euclidean head,
-    the same on HIER's Poincare-ball head (c 0.1, clip 2.3), then HIER's regulariser with 64
-    hierarchical proxies at 50x, lambda2 0.5, gradients clipped by value at 10 (HIER's recipe);
-  - PA + Metrix + HIER: the three composed in one step.
+  - "MS (DAS recipe)" / "+ DAS" / "+ DAS, generation off": DAS Table 1's multi-similarity run
+    (MS 2 / 40 / 0.5 with its pair miner, 64 classes x 2 images, DAS K 8), and the control whose
+    generated embeddings are exact copies of the real ones;
+  - "MS (Metrix recipe)" / "+ Metrix input" / "feature" / "embedding": the official Metrix MS
+    run (17.97 / 75.66 / 0.77 with its miner at 0.39, random batches of 100) and its mixup at
+    the three locations;
+  - "PA (linear head)" / "PA (hyperbolic head)" / "PA + HIER, weight 0.5" / "weight 5": Proxy-
+    Anchor, on HIER's Poincare-ball head, and with HIER's loss (512 proxies) at two weights,
+    all with HIER's optimiser settings.
 
-For HIER it also reports how well the learned geometry agrees with the benchmark's label
-hierarchy (fine = digit pair, middle = first digit, coarse = first digit < 5) on the 50 unseen
-test classes: each class is summarised by its centroid in the ball (the tangent-space mean,
-`expmap0(mean(logmap0(z)))`), and for every pair of classes
+It reports MAP@R and R@1 at each level (code point, decomposition base, script) on the unseen
+test classes (8 images of each, as the glyphs task scores them).
+
+Digit pairs (`--benchmark digits`): the setting with headroom of the earlier benchmark, 10
+training images per class and 10 epochs of 16 classes x 4 (the digit rows below, at the
+argparse defaults of each method); the hierarchy is first digit / first digit < 5.
+
+For the hyperbolic rows it also reports how well the learned geometry agrees with the label
+hierarchy, which training never sees: each test class is summarised by its centroid in the
+ball (the tangent-space mean, `expmap0(mean(logmap0(z)))`), and for every pair of classes
 
   - "LCA depth": the distance to the origin of the proxy HIER takes as their lowest common
     ancestor (`hier.lowest_common_ancestors`), rounded to 1e-3 so that proxies at the same
     depth tie; deeper = more related;
   - "centroid distance": minus the hyperbolic distance of the two centroids (no proxies; also
-    defined for the baseline).
+    defined for the baselines).
 
-Each score is turned into an AUC: the probability that a random pair sharing the first digit
-scores higher than a random pair that does not ("middle"), and, among pairs with different first
-digits, that a pair on the same side of 5 scores higher than a pair across ("coarse"). 0.5 is no
-agreement, 1.0 perfect. Training sees only the fine labels.
+Each score is turned into an AUC: the probability that a random pair sharing the middle label
+(decomposition base; first digit) scores higher than a random pair that does not ("middle"),
+and, among pairs with different middle labels, that a pair sharing the coarse label (script;
+side of 5) scores higher than a pair that does not ("coarse"). 0.5 is no agreement, 1.0
+perfect. "proxies inside clip_r" is the fraction of HIER's proxies whose parameters lie inside
+the clipping radius (the others all map to the same depth, the rim of the clipped ball).
 
-    python benchmarks/methods.py --seeds 0 1 2           # about 10 minutes on 2 CPU cores
-    python benchmarks/methods.py --images-per-class 40 --epochs 20 --rows "PA (hyperbolic head)" \
-        "PA + HIER"                                      # HIER in the full default setting
+    python benchmarks/methods.py --seeds 0 1 2            # glyphs: about an hour on 2 CPU cores
+    python benchmarks/methods.py --benchmark digits       # about 10 minutes
 
 Prints a table of mean +- standard deviation over seeds (and writes JSON with --out).
 """
@@ -48,7 +53,7 @@ import time
 
 import numpy as np
 
-# every row: dotted config overrides (as `jaxdml train --set ...` takes them) on the defaults
+# digit rows: dotted config overrides (as `jaxdml train --set ...` takes them) on the defaults
 COMMON = ["eval.baselines=false", "loop.tensorboard=false"]
 HYPERBOLIC = ["model.head=hyperbolic", "optim.clip_value=10"]
 PA = ["objective.loss=proxy_anchor"]
@@ -68,15 +73,42 @@ ROWS = {
     "PA + Metrix + HIER": [*PA, *HYPERBOLIC, "objective.methods=metrix,hier", *METRIX, *HIER],
 }
 
+# glyph rows: (builder of jaxdml.configs.glyphs_methods, its arguments)
+GLYPH_ROWS = {
+    "MS (DAS recipe)": ("das", ("none",)),
+    "+ DAS": ("das", ("on",)),
+    "+ DAS, generation off": ("das", ("off",)),
+    "MS (Metrix recipe)": ("metrix", (None,)),
+    "+ Metrix input": ("metrix", ("input",)),
+    "+ Metrix feature": ("metrix", ("feature",)),
+    "+ Metrix embedding": ("metrix", ("embedding",)),
+    "PA (linear head)": ("hier", ("linear", None)),
+    "PA (hyperbolic head)": ("hier", ("hyperbolic", None)),
+    "PA + HIER, weight 0.5": ("hier", ("hyperbolic", 0.5)),
+    "PA + HIER, weight 5": ("hier", ("hyperbolic", 5.0)),
+}
+GLYPH_KEYS = ("map@r", "middle/map@r", "coarse/map@r", "recall@1", "middle/recall@1",
+              "coarse/recall@1")
+
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-  """P(score of a random positive > score of a random negative), ties counted half."""
-  diff = pos[:, None] - neg[None, :]
-  return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
+  """P(score of a random positive > score of a random negative), ties counted half (from the
+  ranks of the pooled scores, the Mann-Whitney statistic)."""
+  from scipy.stats import rankdata
+
+  pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+  if not len(pos) or not len(neg):
+    return float("nan")
+  ranks = rankdata(np.concatenate([pos, neg]))  # average ranks for ties
+  u = ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
+  return float(u / (len(pos) * len(neg)))
 
 
-def hierarchy_agreement(emb, labels, c, proxies=None) -> dict[str, float]:
-  """AUCs of the label hierarchy (see the module docstring) from class centroids in the ball."""
+def hierarchy_agreement(emb, labels, c, middle_of, coarse_of, proxies=None,
+                        chunk: int = 65536) -> dict[str, float]:
+  """AUCs of the label hierarchy (see the module docstring) from class centroids in the ball.
+
+  `middle_of(classes)` and `coarse_of(classes)` map fine labels to their parents."""
   import jax.numpy as jnp
 
   from jaxdml.geometry import poincare
@@ -87,14 +119,17 @@ def hierarchy_agreement(emb, labels, c, proxies=None) -> dict[str, float]:
   cent = poincare.expmap0(jnp.asarray(np.stack([tangent[labels == k].mean(0) for k in classes])),
                           c=c)
   i, j = np.triu_indices(len(classes), 1)
-  first = classes // 10
-  middle = first[i] == first[j]
-  coarse = (first[i] < 5) == (first[j] < 5)
+  mid, coa = np.asarray(middle_of(classes)), np.asarray(coarse_of(classes))
+  middle = mid[i] == mid[j]
+  coarse = coa[i] == coa[j]
   scores = {"centroid distance": -np.asarray(poincare.dist_matrix(cent, c=c))[i, j]}
   if proxies is not None:
-    _, depth = hier.lowest_common_ancestors(cent[i], cent[j], proxies, c=c)
+    depth = np.concatenate([
+        np.asarray(hier.lowest_common_ancestors(cent[i[s:s + chunk]], cent[j[s:s + chunk]],
+                                                proxies, c=c)[1])
+        for s in range(0, len(i), chunk)])
     # depths equal up to float residue (every proxy clipped to the rim) must tie, not rank
-    scores["LCA depth"] = np.round(np.asarray(depth), 3)
+    scores["LCA depth"] = np.round(depth, 3)
   out = {}
   for name, s in scores.items():
     out[f"{name} middle"] = auc(s[middle], s[~middle])
@@ -103,13 +138,55 @@ def hierarchy_agreement(emb, labels, c, proxies=None) -> dict[str, float]:
   return out
 
 
-def run_row(name: str, seed: int, images_per_class: int = 10, epochs: int = 10) -> dict:
+def _ball_rows(config, state, images, labels, middle_of, coarse_of) -> dict[str, float]:
   from jaxdml.app import build
+  from jaxdml.methods import hier
+  from jaxdml.train.evaluate import Embedder
+
+  c, clip_r = config.model.ball
+  model, _ = build.build_model(config)
+  emb = Embedder(model, build.build_mesh(config)).arrays(state.params, state.model_state, images)
+  row, proxies = {}, None
+  if "hier" in config.objective.methods:
+    raw = np.asarray(state.params["loss"]["hier"])
+    proxies = hier.proxies_in_ball(raw, c=c, clip_r=clip_r)
+    row["proxies inside clip_r"] = float(np.mean(np.linalg.norm(raw, axis=1) < clip_r))
+  row.update(hierarchy_agreement(emb, labels, c, middle_of, coarse_of, proxies))
+  return row
+
+
+def run_glyph_row(name: str, seed: int, epochs: int | None = None, overrides=()) -> dict:
+  import dataclasses
+
+  from jaxdml.app import glyphs as glyphs_task
+  from jaxdml.app.config import apply_overrides
+  from jaxdml.app.experiment import run
+  from jaxdml.configs import glyphs_methods
+
+  builder, args = GLYPH_ROWS[name]
+  config = getattr(glyphs_methods, builder)(*args)
+  config = apply_overrides(config, [f"seed={seed}", *COMMON, *overrides])
+  if epochs is not None:
+    config = dataclasses.replace(config, loop=dataclasses.replace(config.loop, epochs=epochs))
+  t0 = time.perf_counter()
+  out = run(config, progress=False, verbose=False)
+  m = out["final"]
+  row = {k: m[k] for k in GLYPH_KEYS}
+  row["seconds"] = time.perf_counter() - t0
+  if config.model.ball is not None:
+    data = glyphs_task.load(config)
+    keep = glyphs_task.eval_subset(data.test_labels, config.data.glyphs.eval_images_per_class)
+    labels = np.asarray(data.test_labels)[keep]
+    levels = lambda k: data.levels(np.asarray(k))
+    row.update(_ball_rows(config, out["state"], glyphs_task.to_inputs(data.test_images[keep]),
+                          labels, lambda k: levels(k)["middle"], lambda k: levels(k)["coarse"]))
+  return row
+
+
+def run_row(name: str, seed: int, images_per_class: int = 10, epochs: int = 10) -> dict:
   from jaxdml.app.config import Config, apply_overrides
   from jaxdml.app.experiment import run
   from jaxdml.data import make_digit_pairs
-  from jaxdml.methods import hier
-  from jaxdml.train.evaluate import Embedder
 
   config = apply_overrides(Config(name=name), [f"seed={seed}",
                                                f"data.train_images_per_class={images_per_class}",
@@ -118,64 +195,77 @@ def run_row(name: str, seed: int, images_per_class: int = 10, epochs: int = 10) 
   out = run(config, progress=False, verbose=False)
   m = out["metrics"]["trained"]
   row = {"map@r": m["map@r"], "recall@1": m["recall@1"], "seconds": time.perf_counter() - t0}
-  ball = config.model.ball
-  if ball is not None:
-    c, clip_r = ball
+  if config.model.ball is not None:
     data = make_digit_pairs(config.data.data_seed, train_images_per_class=images_per_class)
-    model, _ = build.build_model(config)
-    state = out["state"]
-    emb = Embedder(model, build.build_mesh(config)).arrays(state.params, state.model_state,
-                                                           data.test_images)
-    proxies = None
-    if "hier" in config.objective.methods:
-      raw = np.asarray(state.params["loss"]["hier"])
-      proxies = hier.proxies_in_ball(raw, c=c, clip_r=clip_r)
-      # proxies whose parameters outgrow the clipping radius all map to the same depth
-      row["proxies off rim"] = float(np.mean(np.linalg.norm(raw, axis=1) < clip_r))
-    row.update(hierarchy_agreement(emb, data.test_labels, c, proxies))
+    first = lambda k: np.asarray(k) // 10
+    row.update(_ball_rows(config, out["state"], data.test_images, data.test_labels, first,
+                          lambda k: first(k) < 5))
   return row
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--benchmark", choices=["glyphs", "digits"], default="glyphs")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+  parser.add_argument("--rows", nargs="+", help="rows to run (default: all of the benchmark's)")
   parser.add_argument("--images-per-class", type=int, default=10,
-                      help="training images per class (the benchmark's default recipe: 40)")
-  parser.add_argument("--epochs", type=int, default=10)
+                      help="digits: training images per class (the benchmark's default: 40)")
+  parser.add_argument("--epochs", type=int, default=None,
+                      help="epochs (default: glyphs 8, the recipe's; digits 10)")
+  parser.add_argument("--set", nargs="*", default=[], metavar="PATH=VALUE",
+                      help="glyphs: config overrides for every row (e.g. "
+                           "data.glyphs.max_classes=100 for a quick check)")
   parser.add_argument("--out", help="write the per-seed results as JSON here")
   args = parser.parse_args()
+  glyphs = args.benchmark == "glyphs"
+  table = GLYPH_ROWS if glyphs else ROWS
+  names = args.rows or list(table)
+  for name in names:
+    if name not in table:
+      parser.error(f"unknown row {name!r} of {args.benchmark}; rows: {', '.join(table)}")
 
   results: dict[str, list[dict]] = {}
-  for name in args.rows:
+  for name in names:
     for seed in args.seeds:
-      row = run_row(name, seed, args.images_per_class, args.epochs)
+      if glyphs:
+        row = run_glyph_row(name, seed, args.epochs, args.set)
+      else:
+        row = run_row(name, seed, args.images_per_class, args.epochs or 10)
       results.setdefault(name, []).append(row)
       print(f"{name:24s} seed {seed}: MAP@R {row['map@r']:.4f}  R@1 {row['recall@1']:.4f}  "
             f"({row['seconds']:.1f} s)", flush=True)
 
   fmt = lambda v: f"{np.mean(v):.3f} +- {np.std(v):.3f}"
-  print(f"\n{args.images_per_class} training images per class, {args.epochs} epochs, "
-        f"{len(args.seeds)} seeds; mean +- standard deviation\n")
-  print("| objective | MAP@R | R@1 |")
-  print("|---|---|---|")
+  if glyphs:
+    print(f"\nglyphs, {args.epochs or 8} epochs, {len(args.seeds)} seeds; mean +- standard "
+          "deviation; levels code point / base / script\n")
+    print("| objective | MAP@R code point | base | script | R@1 code point | base | script |")
+    print("|---|---|---|---|---|---|---|")
+    keys = GLYPH_KEYS
+  else:
+    print(f"\n{args.images_per_class} training images per class, {args.epochs or 10} epochs, "
+          f"{len(args.seeds)} seeds; mean +- standard deviation\n")
+    print("| objective | MAP@R | R@1 |")
+    print("|---|---|---|")
+    keys = ("map@r", "recall@1")
   for name, rows in results.items():
-    print(f"| {name} | {fmt([r['map@r'] for r in rows])} | "
-          f"{fmt([r['recall@1'] for r in rows])} |")
-  keys = sorted({k for rows in results.values() for r in rows for k in r
-                 if k.endswith(("middle", "coarse", "off rim"))})
-  if keys:
+    print(f"| {name} | " + " | ".join(fmt([r[k] for r in rows]) for k in keys) + " |")
+  extra = sorted({k for rows in results.values() for r in rows for k in r
+                  if k.endswith(("middle", "coarse", "clip_r"))})
+  if extra:
     print("\nagreement with the label hierarchy on the unseen classes (AUC, 0.5 = none), and "
-          "the fraction of HIER proxies off the rim\n")
-    print("| objective | " + " | ".join(keys) + " |")
-    print("|---|" + "---|" * len(keys))
+          "the fraction of HIER proxies inside the clipping radius\n")
+    print("| objective | " + " | ".join(extra) + " |")
+    print("|---|" + "---|" * len(extra))
     for name, rows in results.items():
-      if keys[0] in rows[0] or any(k in rows[0] for k in keys):
+      if any(k in rows[0] for k in extra):
         print(f"| {name} | " + " | ".join(fmt([r[k] for r in rows]) if k in rows[0] else "-"
-                                         for k in keys) + " |")
+                                         for k in extra) + " |")
   if args.out:
-    setting = {"train_images_per_class": args.images_per_class, "epochs": args.epochs,
-               "seeds": args.seeds}
+    setting = {"benchmark": args.benchmark, "epochs": args.epochs, "seeds": args.seeds,
+               "set": args.set}
+    if not glyphs:
+      setting["train_images_per_class"] = args.images_per_class
     with open(args.out, "w") as f:
       json.dump({"setting": setting, "rows": results}, f, indent=1)
 
