@@ -3,7 +3,8 @@ benchmark (the default) or on digit pairs.
 
 Glyphs (`--benchmark glyphs`): every run is the glyphs recipe (`jaxdml train --config glyphs`:
 `ResCNN`, 8 epochs, AdamW 1e-3) with the objective, batches and optimiser of a method's
-published recipe; the runs and their settings are `jaxdml.configs.glyphs_methods`:
+published recipe; the runs and their settings are `glyph_das`, `glyph_metrix` and `glyph_hier`
+of `jaxdml.configs.recipes`:
 
   - "MS (DAS recipe)" / "+ DAS" / "+ DAS, generation off": DAS Table 1's multi-similarity run
     (MS 2 / 40 / 0.5 with its pair miner, 64 classes x 2 images, DAS K 8), and the control whose
@@ -42,13 +43,16 @@ the clipping radius (the others all map to the same depth, the rim of the clippe
     python benchmarks/methods.py --seeds 0 1 2            # glyphs: about an hour on 2 CPU cores
     python benchmarks/methods.py --benchmark digits       # about 10 minutes
 
-Prints a table of mean +- standard deviation over seeds (and writes JSON with --out).
+Prints a table of mean +- standard deviation over seeds. With --out it writes every run's
+figures to that JSON file as soon as the run ends, and a rerun with the same file and setting
+keeps the runs it holds and does only the others (so an interrupted benchmark resumes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -73,19 +77,19 @@ ROWS = {
     "PA + Metrix + HIER": [*PA, *HYPERBOLIC, "objective.methods=metrix,hier", *METRIX, *HIER],
 }
 
-# glyph rows: (builder of jaxdml.configs.glyphs_methods, its arguments)
+# glyph rows: (builder of jaxdml.configs.recipes, its arguments)
 GLYPH_ROWS = {
-    "MS (DAS recipe)": ("das", ("none",)),
-    "+ DAS": ("das", ("on",)),
-    "+ DAS, generation off": ("das", ("off",)),
-    "MS (Metrix recipe)": ("metrix", (None,)),
-    "+ Metrix input": ("metrix", ("input",)),
-    "+ Metrix feature": ("metrix", ("feature",)),
-    "+ Metrix embedding": ("metrix", ("embedding",)),
-    "PA (linear head)": ("hier", ("linear", None)),
-    "PA (hyperbolic head)": ("hier", ("hyperbolic", None)),
-    "PA + HIER, weight 0.5": ("hier", ("hyperbolic", 0.5)),
-    "PA + HIER, weight 5": ("hier", ("hyperbolic", 5.0)),
+    "MS (DAS recipe)": ("glyph_das", ("none",)),
+    "+ DAS": ("glyph_das", ("on",)),
+    "+ DAS, generation off": ("glyph_das", ("off",)),
+    "MS (Metrix recipe)": ("glyph_metrix", (None,)),
+    "+ Metrix input": ("glyph_metrix", ("input",)),
+    "+ Metrix feature": ("glyph_metrix", ("feature",)),
+    "+ Metrix embedding": ("glyph_metrix", ("embedding",)),
+    "PA (linear head)": ("glyph_hier", ("linear", None)),
+    "PA (hyperbolic head)": ("glyph_hier", ("hyperbolic", None)),
+    "PA + HIER, weight 0.5": ("glyph_hier", ("hyperbolic", 0.5)),
+    "PA + HIER, weight 5": ("glyph_hier", ("hyperbolic", 5.0)),
 }
 GLYPH_KEYS = ("map@r", "middle/map@r", "coarse/map@r", "recall@1", "middle/recall@1",
               "coarse/recall@1")
@@ -161,10 +165,10 @@ def run_glyph_row(name: str, seed: int, epochs: int | None = None, overrides=())
   from jaxdml.app import glyphs as glyphs_task
   from jaxdml.app.config import apply_overrides
   from jaxdml.app.experiment import run
-  from jaxdml.configs import glyphs_methods
+  from jaxdml.configs import recipes
 
   builder, args = GLYPH_ROWS[name]
-  config = getattr(glyphs_methods, builder)(*args)
+  config = getattr(recipes, builder)(*args)
   config = apply_overrides(config, [f"seed={seed}", *COMMON, *overrides])
   if epochs is not None:
     config = dataclasses.replace(config, loop=dataclasses.replace(config.loop, epochs=epochs))
@@ -225,13 +229,40 @@ def main():
       parser.error(f"unknown row {name!r} of {args.benchmark}; rows: {', '.join(table)}")
 
   results: dict[str, list[dict]] = {}
+  setting = {"benchmark": args.benchmark, "epochs": args.epochs, "set": args.set}
+  if not glyphs:
+    setting["train_images_per_class"] = args.images_per_class
+  done = {}
+  if args.out and os.path.exists(args.out):  # resume: keep the runs of the same setting
+    with open(args.out) as f:
+      saved = json.load(f)
+    if {k: v for k, v in saved["setting"].items() if k != "seeds"} == setting:
+      done = {(name, r["seed"]): r for name, rows in saved["rows"].items() for r in rows}
+      print(f"resuming: {len(done)} runs of {args.out} kept", flush=True)
+
+  def save():
+    if args.out:
+      everything = {}
+      for (name, _), r in done.items():
+        everything.setdefault(name, []).append(r)
+      with open(args.out + ".tmp", "w") as f:
+        json.dump({"setting": {**setting, "seeds": sorted({s for _, s in done})},
+                   "rows": everything}, f, indent=1)
+      os.replace(args.out + ".tmp", args.out)
+
   for name in names:
     for seed in args.seeds:
+      if (name, seed) in done:
+        results.setdefault(name, []).append(done[(name, seed)])
+        continue
       if glyphs:
         row = run_glyph_row(name, seed, args.epochs, args.set)
       else:
         row = run_row(name, seed, args.images_per_class, args.epochs or 10)
+      row["seed"] = seed
       results.setdefault(name, []).append(row)
+      done[(name, seed)] = row
+      save()
       print(f"{name:24s} seed {seed}: MAP@R {row['map@r']:.4f}  R@1 {row['recall@1']:.4f}  "
             f"({row['seconds']:.1f} s)", flush=True)
 
@@ -261,13 +292,6 @@ def main():
       if any(k in rows[0] for k in extra):
         print(f"| {name} | " + " | ".join(fmt([r[k] for r in rows]) if k in rows[0] else "-"
                                          for k in extra) + " |")
-  if args.out:
-    setting = {"benchmark": args.benchmark, "epochs": args.epochs, "seeds": args.seeds,
-               "set": args.set}
-    if not glyphs:
-      setting["train_images_per_class"] = args.images_per_class
-    with open(args.out, "w") as f:
-      json.dump({"setting": setting, "rows": results}, f, indent=1)
 
 
 if __name__ == "__main__":

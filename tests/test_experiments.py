@@ -22,7 +22,7 @@ from jaxdml.methods import das as das_lib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 CONFIGS = sorted(p for p in (ROOT / "jaxdml" / "configs").glob("*.py")
-                 if p.name not in ("__init__.py", "recipes.py", "glyphs_methods.py"))
+                 if p.name not in ("__init__.py", "recipes.py"))
 # the paper recipes (the built-in benchmarks' configs are tested with their tasks)
 RECIPES = [p for p in CONFIGS if not p.stem.startswith(("digits", "glyphs"))]
 PA_MS = [p for p in RECIPES if p.stem.startswith(("ms_", "proxy_anchor_"))]

@@ -1,11 +1,11 @@
-"""Glyphs, multi-similarity + DAS at Table 1's recipe (`glyphs_methods.das`, which see).
+"""Glyphs, multi-similarity + DAS at Table 1's recipe (`recipes.glyph_das`, which see).
 
     jaxdml train --config glyphs_das
 """
 
 from jaxdml.app.config import Config
-from jaxdml.configs import glyphs_methods
+from jaxdml.configs import recipes
 
 
 def get_config() -> Config:
-  return glyphs_methods.das("on")
+  return recipes.glyph_das("on")

@@ -1,12 +1,12 @@
 """Glyphs, multi-similarity + Metrix feature mixup at the official recipe
-(`glyphs_methods.metrix`, which see).
+(`recipes.glyph_metrix`, which see).
 
     jaxdml train --config glyphs_metrix
 """
 
 from jaxdml.app.config import Config
-from jaxdml.configs import glyphs_methods
+from jaxdml.configs import recipes
 
 
 def get_config() -> Config:
-  return glyphs_methods.metrix("feature")
+  return recipes.glyph_metrix("feature")

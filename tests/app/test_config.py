@@ -200,7 +200,7 @@ def test_a_name_loads_the_built_in_config_from_the_package():
 def test_available_configs_are_the_built_in_modules_with_their_first_docstring_line():
   found = available_configs()
   files = sorted(p.stem for p in CONFIGS.glob("*.py") if p.stem not in ("__init__", "recipes"))
-  assert sorted(found) == files and len(files) == 37
+  assert sorted(found) == files and len(files) == 41
   assert {"digits", "digits_contrastive", "digits_das", "digits_hier", "digits_metrix",
           "digits_proxy_anchor", "ms_resnet50_cub", "hier_vits16_sop"} <= set(found)
   for name, description in found.items():

@@ -8,7 +8,7 @@ import pytest
 import jaxdml
 from jaxdml.app import glyphs as task
 from jaxdml.app.config import Config, GlyphsConfig, apply_overrides
-from jaxdml.configs import glyphs, glyphs_methods
+from jaxdml.configs import glyphs, recipes
 from jaxdml.data import class_balanced_batches
 from jaxdml.evaluation import retrieval_metrics
 
@@ -75,7 +75,7 @@ def test_the_glyphs_recipe():
 
 def test_the_method_runs_at_their_published_settings():
   base = glyphs.get_config()
-  off, on, none = (glyphs_methods.das(m) for m in ("off", "on", "none"))
+  off, on, none = (recipes.glyph_das(m) for m in ("off", "on", "none"))
   for c in (off, on, none):  # Table 1's MS with its miner, 2 images per class, batch 128
     assert dict(c.objective.loss_kwargs) == {"alpha": 2.0, "beta": 40.0, "base": 0.5}
     assert (c.objective.miner, dict(c.objective.miner_kwargs)) == ("multi_similarity",
@@ -88,15 +88,15 @@ def test_the_method_runs_at_their_published_settings():
                                                              generation="off")
   assert on.objective.methods["das"].num_scaled_dims == 8
 
-  for loc in glyphs_methods.METRIX_LOCATIONS:
-    c = glyphs_methods.metrix(loc)
+  for loc in recipes.GLYPH_METRIX_LOCATIONS:
+    c = recipes.glyph_metrix(loc)
     assert dict(c.objective.loss_kwargs) == {"alpha": 17.97, "beta": 75.66, "base": 0.77}
     assert dict(c.objective.miner_kwargs) == {"epsilon": 0.39}
     assert (c.data.sampler, c.data.train_batch_size) == ("random", 100)
     assert (c.objective.methods["metrix"].location if loc else None) == loc
 
-  plain, ball, hier = (glyphs_methods.hier("linear", None), glyphs_methods.hier("hyperbolic",
-                       None), glyphs_methods.hier("hyperbolic", 5.0))
+  plain, ball, hier = (recipes.glyph_hier("linear", None), recipes.glyph_hier("hyperbolic",
+                       None), recipes.glyph_hier("hyperbolic", 5.0))
   for c in (plain, ball, hier):  # HIER's optimiser, at the official absolute rates
     o = c.optim
     assert (o.eps, o.weight_decay, o.loss_weight_decay, o.clip_value) == (1e-4, 1e-2, None, 10)
@@ -108,11 +108,11 @@ def test_the_method_runs_at_their_published_settings():
   assert ball.objective.methods == {}
 
   with pytest.raises(ValueError, match="method must be one of"):
-    glyphs_methods.das("half")
+    recipes.glyph_das("half")
   with pytest.raises(ValueError, match="location must be one of"):
-    glyphs_methods.metrix("pixels")
+    recipes.glyph_metrix("pixels")
   with pytest.raises(ValueError, match="Poincare ball"):
-    glyphs_methods.hier("linear", 0.5)
+    recipes.glyph_hier("linear", 0.5)
 
 
 @pytest.fixture(scope="module")
