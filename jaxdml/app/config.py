@@ -88,8 +88,9 @@ class GlyphsConfig:
     eval_images_per_class: the evaluation scores the first this many test images of each class
       (8 distinct typefaces by default; None: all `images_per_class`). MAP@R at the script
       level searches as many neighbours as the largest script holds (7,328 of the 23,584
-      default test images), which costs about a minute and a half on 2 CPU cores at 16 images
-      per class and a quarter of that at 8 (the search is quadratic in the images).
+      default test images): with all 16 images per class the three levels took 97 s on 2 CPU
+      cores (73 s of it at the script level; random 128-d embeddings), and the search is
+      quadratic in the images, so 8 per class should take about a quarter of that.
   """
 
   size: int = 32
