@@ -273,8 +273,9 @@ def test_metrix_recipe(path):
   _, _, data = _parts(path)
   batch, lr, step, gamma, warm, bn_frozen = METRIX_README[data]
   assert c.objective.loss == "multi_similarity"
-  assert c.objective.loss_kwargs == {"alpha": 2.0, "beta": 50.0, "base": 0.5}
-  assert c.objective.miner == "multi_similarity" and c.objective.miner_kwargs == {"epsilon": 0.1}
+  # main.py:171-176 of the official code
+  assert c.objective.loss_kwargs == {"alpha": 17.97, "beta": 75.66, "base": 0.77}
+  assert c.objective.miner == "multi_similarity" and c.objective.miner_kwargs == {"epsilon": 0.39}
   assert list(c.objective.methods) == ["metrix"]
   mx = c.objective.methods["metrix"]
   assert mx.location == "feature"  # --mode feature

@@ -19,11 +19,9 @@ What each value rests on:
   - Verified in the README: the loss, `--mode feature`, `--alpha 2.0` (lambda ~ Beta(2, 2)),
     batch 100, 512-d, lr 6e-4, StepLR every 20 epochs x 0.25, 1 warm-up epoch, 5 images per
     class, BatchNorm not frozen (from the baseline command).
-  - Not verified (the main.py and the multi-similarity code of the release that the README
-    describes could not be read): the multi-similarity values alpha 2, beta 50, base 0.5 and
-    its miner's epsilon 0.1 (the pytorch-metric-learning defaults, whose formula the release's
-    baseline_multisimilarity reproduces, and the values of the Proxy-Anchor code the repository
-    builds on); the multi-similarity path with feature mixup itself (the release's train.py
+  - Read in the official code (main.py:171-176 at b679703; `jaxdml.methods.metrix.recipe`): the
+    multi-similarity values alpha 17.97, beta 75.66, base 0.77 and its miner's epsilon 0.39.
+  - Not verified: the multi-similarity path with feature mixup itself (the release's train.py
     shows feature mixup for the contrastive loss only: the pairing and the weight are taken from
     there); the values the commands leave to main.py's argparse defaults, read in main.py at
     7ce730c: `--weight_decay 1e-4`.

@@ -142,6 +142,9 @@ def das(name: str, dataset: str, *, classes_per_batch: int = 56, weight_decay: f
       **_run(dataset, 300, eval_every_epochs, checkpoint_every_epochs))
 
 
+_METRIX_MS = metrix_method.recipe("cub", "multisimilarity", "feature")
+
+
 def metrix(name: str, dataset: str, *, classes_per_batch: int, per_class: int,
            learning_rate: float, decay_step: int, decay_rate: float, warm_epochs: int,
            frozen_bn: bool, epochs: int = 100, eval_every_epochs: int = 1,
@@ -149,13 +152,14 @@ def metrix(name: str, dataset: str, *, classes_per_batch: int, per_class: int,
   """Multi-similarity + Metrix (Venkataramanan et al., ICLR 2022), the README's recipe.
 
   Shared values: ResNet-50, global average + max pooling (summed), a 512-d linear embedding
-  (L2-normalised); the multi-similarity loss with alpha 2, beta 50, base 0.5 and its pair miner
-  (epsilon 0.1); Metrix on the last feature maps (`location="feature"`), lambda ~ Beta(2, 2),
-  one lambda per step, the mixed loss weighted 0.4, positive-negative or anchor-negative pairs
-  by a coin flip per step; Adam with an L2 penalty of 1e-4 on every parameter, one learning rate
-  for the backbone and the embedding, StepLR every `decay_step` epochs by `decay_rate`, the
-  backbone frozen for the `warm_epochs` first epochs, gradients clipped by value at 10; random
-  resized crop 224 for training, resize 256 + centre crop 224 for testing.
+  (L2-normalised); the official code's multi-similarity loss, alpha 17.97, beta 75.66, base
+  0.77, with its pair miner (epsilon 0.39; `metrix.recipe`); Metrix on the last feature maps
+  (`location="feature"`), lambda ~ Beta(2, 2), one lambda per step, the mixed loss weighted
+  0.4, positive-negative or anchor-negative pairs by a coin flip per step; Adam with an L2
+  penalty of 1e-4 on every parameter, one learning rate for the backbone and the embedding,
+  StepLR every `decay_step` epochs by `decay_rate`, the backbone frozen for the `warm_epochs`
+  first epochs, gradients clipped by value at 10; random resized crop 224 for training,
+  resize 256 + centre crop 224 for testing.
 
   Sources shared by every metrix_*.py config (github.com/billpsomas/Metrix_ICLR22):
     - Verified in the code read (train.py of the release; main.py and net/feature_resnet.py of
@@ -185,8 +189,8 @@ def metrix(name: str, dataset: str, *, classes_per_batch: int, per_class: int,
       model=ModelConfig(name="resnet50", embedding_dim=512, pooling="avg+max",
                         frozen_bn=frozen_bn),
       objective=ObjectiveConfig(
-          loss="multi_similarity", loss_kwargs={"alpha": 2.0, "beta": 50.0, "base": 0.5},
-          miner="multi_similarity", miner_kwargs={"epsilon": 0.1},
+          loss="multi_similarity", loss_kwargs=dict(_METRIX_MS.loss_kwargs),
+          miner="multi_similarity", miner_kwargs=dict(_METRIX_MS.miner_kwargs),
           methods={"metrix": metrix_method.Settings(location="feature", alpha=2.0, weight=0.4,
                                                     pairing="random",
                                                     per_example_lambda=False)}),
