@@ -69,6 +69,17 @@ class Conv3x3(nn.Module):
     return conv2d_same(x, kernel, bias, impl=self.impl)
 
 
+
+def grey_head(model, linear_init: str) -> EmbeddingHead:
+  """The embedding head of the grey-image CNNs from their attributes: HIER's Poincare-ball head
+  (layer norm, orthogonal linear, `to_poincare`) with `hyperbolic`, else a linear layer
+  initialised by `linear_init` and L2 normalisation if `normalize`."""
+  if model.hyperbolic:
+    return EmbeddingHead(model.embedding_dim, normalize=False, pre_layer_norm=True,
+                         linear_init="orthogonal", poincare_c=model.poincare_c,
+                         clip_r=model.clip_r)
+  return EmbeddingHead(model.embedding_dim, normalize=model.normalize, linear_init=linear_init)
+
 class SmallCNN(nn.Module):
   """conv3x3(32) - ReLU - conv3x3(64) - ReLU - maxpool 2x2 - linear(embedding_dim) [- L2 norm].
 
@@ -101,13 +112,7 @@ class SmallCNN(nn.Module):
   def setup(self):
     self.conv1 = Conv3x3(32, self.conv_impl)
     self.conv2 = Conv3x3(64, self.conv_impl)
-    if self.hyperbolic:
-      self.head = EmbeddingHead(self.embedding_dim, normalize=False, pre_layer_norm=True,
-                                linear_init="orthogonal", poincare_c=self.poincare_c,
-                                clip_r=self.clip_r)
-    else:
-      self.head = EmbeddingHead(self.embedding_dim, normalize=self.normalize,
-                                linear_init="torch_linear")
+    self.head = grey_head(self, "torch_linear")
 
   def features(self, x: Array, *, train: bool = False) -> Array:
     """[B, H, W(, 1)] images -> [B, H/2, W/2, 64] feature map."""
@@ -303,13 +308,7 @@ class ResCNN(nn.Module):
       raise ValueError(f"widths and blocks must be >= 1, got widths={self.widths} and "
                        f"blocks={self.blocks}.")
     self.trunk = ResTrunk(tuple(self.widths), tuple(self.blocks), self.conv_impl)
-    if self.hyperbolic:
-      self.head = EmbeddingHead(self.embedding_dim, normalize=False, pre_layer_norm=True,
-                                linear_init="orthogonal", poincare_c=self.poincare_c,
-                                clip_r=self.clip_r)
-    else:
-      self.head = EmbeddingHead(self.embedding_dim, normalize=self.normalize,
-                                linear_init="kaiming_fan_out")
+    self.head = grey_head(self, "kaiming_fan_out")
 
   @property
   def downsampling(self) -> int:
