@@ -146,6 +146,7 @@ class Setup:
     classes_per_batch, per_class: the batch composition P x M of a class-balanced sampler, or
       None (random batches).
     ball: (c, clip_r) of a Poincare-ball head, or None for a Euclidean head.
+    batch_size: examples per batch (per step, over all devices), or None if unknown.
   """
 
   num_classes: int
@@ -153,6 +154,7 @@ class Setup:
   classes_per_batch: int | None = None
   per_class: int | None = None
   ball: tuple[float, float] | None = None
+  batch_size: int | None = None
 
 
 def _empty() -> dict:

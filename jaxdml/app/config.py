@@ -558,7 +558,7 @@ class Config:
     return objectives.Setup(num_classes=num_classes, dim=self.model.embedding_dim,
                             classes_per_batch=self.data.classes_per_batch if balanced else None,
                             per_class=self.data.per_class if balanced else None,
-                            ball=self.model.ball)
+                            ball=self.model.ball, batch_size=self.data.train_batch_size)
 
 
 def build_objective(config: Config, num_classes: int) -> objectives.Objective:

@@ -717,9 +717,19 @@ def wrap(inner: objectives.Objective, settings: Settings = Settings(), *,
 
 def build(inner: objectives.Objective, settings: Settings,
           setup: objectives.Setup) -> objectives.Objective:
-  """`wrap` as applications build it: input mixup of a P x M batch keeps exactly its
-  P M (M - 1) positive-negative mixes (`num_mixed`), so no padding image goes through the
-  network.
+  """`wrap` as applications build it, with a fixed number of input mixes (`num_mixed`) so that
+  no padding image goes through the network.
+
+  * P x M batches keep exactly their P M (M - 1) positive-negative mixes.
+  * Random batches of B (the official CUB / Cars runs) keep B mixes, chosen at random among the
+    valid slots. Choice: the code mixes a variable number of images, one per (anchor, positive)
+    pair or per anchor without a positive, which a compiled step cannot. Of the B (B - 1) slots
+    only those are valid: at most B in "anchor_neg" mode, and B (B - 1) / C on average in
+    "pos_neg" mode for C equally likely classes (about 7 for glyphs' batches of 100 from 1,475
+    classes). B slots keep nearly all of them, and push B images, not B (B - 1), through the
+    network.
+
+  `settings.num_mixed`, when given, stands.
 
   >>> from jaxdml import objectives
   >>> setup = objectives.Setup(num_classes=10, dim=16, classes_per_batch=8, per_class=3)
@@ -727,9 +737,12 @@ def build(inner: objectives.Objective, settings: Settings,
   >>> obj.name
   'multi_similarity+metrix'
   """
-  if settings.location == "input" and settings.num_mixed is None and setup.per_class:
-    p, m = setup.classes_per_batch, setup.per_class
-    settings = dataclasses.replace(settings, num_mixed=max(1, p * m * (m - 1)))
+  if settings.location == "input" and settings.num_mixed is None:
+    if setup.per_class:
+      p, m = setup.classes_per_batch, setup.per_class
+      settings = dataclasses.replace(settings, num_mixed=max(1, p * m * (m - 1)))
+    elif setup.batch_size:
+      settings = dataclasses.replace(settings, num_mixed=int(setup.batch_size))
   return wrap(inner, settings)
 
 

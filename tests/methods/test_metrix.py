@@ -402,6 +402,35 @@ def test_build_keeps_the_positive_negative_mixes_of_a_batch():
   assert seen == [(4 * 3 * 2, 5)]
 
 
+def test_build_mixes_one_batch_of_inputs_for_random_batches():
+  """Random batches of B: B input mixes, not B (B - 1), and every valid slot of a batch with
+  few positives is among them (the official runs' batches of 100 hold about 7 positive pairs)."""
+  inner = _objective("contrastive")
+  setup = objectives.Setup(num_classes=50, dim=5, batch_size=12)
+  built = metrix.build(inner, metrix.Settings(location="input"), setup)
+  y = jnp.array([0, 1, 2, 0, 3, 4, 5, 6, 1, 7, 8, 9])  # positive pairs: (0, 3), (1, 8)
+  seen = []
+  fns = objectives.ModelFns(embed=lambda x: (seen.append(x.shape), x)[1])
+  x = jax.random.normal(jax.random.key(0), (12, 5))
+  batch = objectives.Batch(x, y, inputs=x, model=fns)
+  loss, _, aux = built.apply({}, {}, batch, jax.random.key(1))
+  assert seen == [(12, 5)]
+  explicit = metrix.wrap(inner, metrix.Settings(location="input", num_mixed=12))
+  np.testing.assert_allclose(explicit.apply({}, {}, batch, jax.random.key(1))[0], loss)
+  for key in range(5):
+    pairs = metrix.select_pairs(y, 0.5, sim=x @ x.T, key=jax.random.key(key), num_positives=None,
+                                num_negatives=1, num_mixed=12)
+    assert int(pairs.valid.sum()) == 4
+    kept = {(int(a), int(p)) for a, p, v in zip(pairs.anchor, pairs.index_a,
+                                                          pairs.valid, strict=True) if v}
+    assert kept == {(0, 3), (3, 0), (1, 8), (8, 1)}
+  # a given num_mixed stands
+  own = metrix.build(inner, metrix.Settings(location="input", num_mixed=3), setup)
+  seen.clear()
+  own.apply({}, {}, batch, jax.random.key(1))
+  assert seen == [(3, 5)]
+
+
 # --------------------------------------------------------------------------- positivity
 
 
