@@ -10,6 +10,9 @@ Check" (Musgrave et al., ECCV 2020). Typical use on a test set (leave-one-out re
 `sharded_knn` is `knn` with the references split across the devices of a mesh;
 `retrieval_metrics(..., mesh=mesh)` uses it.
 
+Landmark retrieval (Revisited Oxford and Paris, optionally with a million distractors) is scored
+by `landmark_metrics` with the Easy / Medium / Hard protocols of the published evaluation code.
+
 Embeddings in the Poincare ball (HIER, Hyp-ViT) are scored by hyperbolic distance with
 `retrieval_metrics(..., similarity="poincare", c=...)`.
 
@@ -17,6 +20,16 @@ This layer depends only on `jaxdml.similarity`, `jaxdml.geometry`, JAX and NumPy
 """
 
 from jaxdml.evaluation._clustering import clustering_f1, clustering_metrics, kmeans, nmi
+from jaxdml.evaluation._landmarks import (
+    PROTOCOLS,
+    LandmarkGroundTruth,
+    item_ranks,
+    landmark_metrics,
+    ranks_in_ranking,
+    remove_ignored,
+    revisited_map,
+    trapezoid_ap,
+)
 from jaxdml.evaluation._metrics import (
     LoneQueryWarning,
     map_at_r,
@@ -31,19 +44,27 @@ from jaxdml.evaluation._search import knn
 from jaxdml.evaluation._sharded import default_mesh, sharded_knn
 
 __all__ = [
+    "PROTOCOLS",
+    "LandmarkGroundTruth",
     "LoneQueryWarning",
     "clustering_f1",
     "clustering_metrics",
     "default_mesh",
+    "item_ranks",
     "kmeans",
     "knn",
+    "landmark_metrics",
     "map_at_r",
     "mean_average_precision",
     "nmi",
     "num_relevant",
     "precision_at_1",
     "r_precision",
+    "ranks_in_ranking",
     "recall_at_k",
+    "remove_ignored",
     "retrieval_metrics",
+    "revisited_map",
     "sharded_knn",
+    "trapezoid_ap",
 ]

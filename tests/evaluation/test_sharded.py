@@ -118,6 +118,20 @@ def check_retrieval_metrics_with_mesh():
   assert plain == sharded, (plain, sharded)
 
 
+def check_landmark_item_ranks_across_shards():
+  # 61 database rows over 8 devices (padded shards), integer rows: exact ties across shards
+  db, q = _data(15, 61, integer=True), _data(16, 5, integer=True)
+  rng = np.random.default_rng(17)
+  items = np.stack([rng.permutation(61)[:12] for _ in range(5)]).astype(np.int32)
+  items[1, 7:] = -1
+  s = np.asarray(q, np.float64) @ np.asarray(db, np.float64).T
+  ranking = np.argsort(-s, axis=1, kind="stable")
+  want = evaluation.ranks_in_ranking(ranking, items)
+  mesh = jax.make_mesh((2, 4), ("a", "b"))
+  for kwargs in (dict(), dict(chunk_size=2), dict(mesh=mesh), dict(mesh=mesh, axis="b")):
+    np.testing.assert_array_equal(evaluation.item_ranks(q, db, items, **kwargs), want)
+
+
 DEVICE_CHECKS = sorted(name for name in list(globals()) if name.startswith("check_"))
 
 
