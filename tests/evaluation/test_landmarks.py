@@ -9,7 +9,6 @@ import pytest
 from jaxdml import evaluation
 from jaxdml.evaluation import LandmarkGroundTruth, item_ranks, landmark_metrics, revisited_map
 
-
 # ------------------------------------------------------------------------ naive reference
 
 
