@@ -11,7 +11,8 @@ Check" (Musgrave et al., ECCV 2020). Typical use on a test set (leave-one-out re
 `retrieval_metrics(..., mesh=mesh)` uses it.
 
 Landmark retrieval (Revisited Oxford and Paris, optionally with a million distractors) is scored
-by `landmark_metrics` with the Easy / Medium / Hard protocols of the published evaluation code.
+by `landmark_metrics` with the Easy / Medium / Hard protocols of the published evaluation code;
+`learn_whitening` / `apply_whitening` give the learned whitening (Lw) such descriptors use.
 
 Embeddings in the Poincare ball (HIER, Hyp-ViT) are scored by hyperbolic distance with
 `retrieval_metrics(..., similarity="poincare", c=...)`.
@@ -41,12 +42,20 @@ from jaxdml.evaluation._metrics import (
     retrieval_metrics,
 )
 from jaxdml.evaluation._search import knn
+from jaxdml.evaluation._whitening import (
+    Whitening,
+    apply_whitening,
+    learn_pca_whitening,
+    learn_whitening,
+)
 from jaxdml.evaluation._sharded import default_mesh, sharded_knn
 
 __all__ = [
     "PROTOCOLS",
     "LandmarkGroundTruth",
     "LoneQueryWarning",
+    "Whitening",
+    "apply_whitening",
     "clustering_f1",
     "clustering_metrics",
     "default_mesh",
@@ -54,6 +63,8 @@ __all__ = [
     "kmeans",
     "knn",
     "landmark_metrics",
+    "learn_pca_whitening",
+    "learn_whitening",
     "map_at_r",
     "mean_average_precision",
     "nmi",
