@@ -42,13 +42,13 @@ from jaxdml.evaluation._metrics import (
     retrieval_metrics,
 )
 from jaxdml.evaluation._search import knn
+from jaxdml.evaluation._sharded import default_mesh, sharded_knn
 from jaxdml.evaluation._whitening import (
     Whitening,
     apply_whitening,
     learn_pca_whitening,
     learn_whitening,
 )
-from jaxdml.evaluation._sharded import default_mesh, sharded_knn
 
 __all__ = [
     "PROTOCOLS",
