@@ -84,6 +84,7 @@ GLYPH_ROWS = {
     "+ DAS, generation off": ("glyph_das", ("off",)),
     "MS (Metrix recipe)": ("glyph_metrix", (None,)),
     "+ Metrix input": ("glyph_metrix", ("input",)),
+    "+ Metrix input, weight 0": ("glyph_metrix", ("input", 0.0)),
     "+ Metrix feature": ("glyph_metrix", ("feature",)),
     "+ Metrix embedding": ("glyph_metrix", ("embedding",)),
     "PA (linear head)": ("glyph_hier", ("linear", None)),

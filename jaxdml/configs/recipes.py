@@ -365,18 +365,25 @@ def glyph_das(method: str = "on") -> Config:
   return _renamed(base, f"glyphs_das_{method}", objective=objective, data=data)
 
 
-def glyph_metrix(location: str | None = "feature") -> Config:
-  """MS at Metrix's official recipe, without (None) or with mixup at `location`."""
+def glyph_metrix(location: str | None = "feature", weight: float | None = None) -> Config:
+  """MS at Metrix's official recipe, without (None) or with mixup at `location`; `weight`
+  replaces the recipe's mixup-loss weight (0.4); 0 keeps only the mixed images' forward pass,
+  whose batch statistics still reach the BatchNorm running averages (a control)."""
   if location not in GLYPH_METRIX_LOCATIONS:
     raise ValueError(f"location must be one of {GLYPH_METRIX_LOCATIONS}, got {location!r}.")
+  if weight is not None and location is None:
+    raise ValueError("`weight` is the mixup loss's: give a location.")
   base = glyphs_config.get_config()
   r = metrix_method.recipe("cub", "multisimilarity", "feature")
-  methods = {} if location is None else {
-      "metrix": dataclasses.replace(r.settings, location=location)}
+  settings = None if location is None else dataclasses.replace(r.settings, location=location)
+  if weight is not None:
+    settings = dataclasses.replace(settings, weight=float(weight))
+  methods = {} if settings is None else {"metrix": settings}
   objective = ObjectiveConfig(loss=r.loss, loss_kwargs=dict(r.loss_kwargs), miner=r.miner,
                               miner_kwargs=dict(r.miner_kwargs), methods=methods)
   data = dataclasses.replace(base.data, sampler="random", batch_size=r.batch_size)
-  return _renamed(base, f"glyphs_metrix_{location or 'none'}", objective=objective, data=data)
+  name = f"glyphs_metrix_{location or 'none'}" + ("" if weight is None else f"_w{weight:g}")
+  return _renamed(base, name, objective=objective, data=data)
 
 
 def glyph_hier(head: str = "hyperbolic", weight: float | None = 0.5) -> Config:
