@@ -260,6 +260,13 @@ class GlyphInstances:
   def num_distractors(self) -> int:
     return len(self.database_labels) - self.num_views
 
+  def ground_truth(self):
+    """`gnd` as a `jaxdml.evaluation.LandmarkGroundTruth`, for `landmark_metrics` (Easy /
+    Medium / Hard mAP over the whole database, distractors included)."""
+    from jaxdml.evaluation import LandmarkGroundTruth  # noqa: PLC0415
+
+    return LandmarkGroundTruth.from_revisitop(self.gnd)
+
 
 # ------------------------------------------------------------------------------------------------
 # fonts
