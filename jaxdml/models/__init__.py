@@ -13,7 +13,9 @@ from jaxdml.models.bn_inception import (
                                         load_bn_inception,
 )
 from jaxdml.models.cnn import ResCNN, SmallCNN, conv2d_same
+from jaxdml.models.glam import GLAM
 from jaxdml.models.heads import EmbeddingHead, EmbeddingModel, GeM, l2_normalize, pool
+from jaxdml.models.multiscale import multiscale_descriptor, resize_bilinear
 from jaxdml.models.registry import BACKBONES, backbone_from_name, with_backbone_weights
 from jaxdml.models.resnet import (
                                         ResNet,
@@ -36,7 +38,7 @@ from jaxdml.models.vit import (
 )
 from jaxdml.models.weights import load_state_dict
 
-__all__ = ["SmallCNN", "conv2d_same", "GeM", "EmbeddingHead", "EmbeddingModel", "l2_normalize",
+__all__ = ["GLAM", "multiscale_descriptor", "resize_bilinear", "SmallCNN", "conv2d_same", "GeM", "EmbeddingHead", "EmbeddingModel", "l2_normalize",
            "pool", "BACKBONES", "backbone_from_name", "with_backbone_weights", "ResNet",
            "load_resnet", "resnet", "resnet18", "resnet34", "resnet50", "resnet101",
            "resnet_variables_from_torch", "load_state_dict", "BNInception", "bn_inception",
