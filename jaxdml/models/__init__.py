@@ -38,7 +38,8 @@ from jaxdml.models.vit import (
 )
 from jaxdml.models.weights import load_state_dict
 
-__all__ = ["GLAM", "multiscale_descriptor", "resize_bilinear", "SmallCNN", "conv2d_same", "GeM", "EmbeddingHead", "EmbeddingModel", "l2_normalize",
+__all__ = ["GLAM", "multiscale_descriptor", "resize_bilinear",
+           "SmallCNN", "conv2d_same", "GeM", "EmbeddingHead", "EmbeddingModel", "l2_normalize",
            "pool", "BACKBONES", "backbone_from_name", "with_backbone_weights", "ResNet",
            "load_resnet", "resnet", "resnet18", "resnet34", "resnet50", "resnet101",
            "resnet_variables_from_torch", "load_state_dict", "BNInception", "bn_inception",
