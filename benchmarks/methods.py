@@ -40,7 +40,8 @@ side of 5) scores higher than a pair that does not ("coarse"). 0.5 is no agreeme
 perfect. "proxies inside clip_r" is the fraction of HIER's proxies whose parameters lie inside
 the clipping radius (the others all map to the same depth, the rim of the clipped ball).
 
-    python benchmarks/methods.py --seeds 0 1 2            # glyphs: about an hour on 2 CPU cores
+    python benchmarks/methods.py --seeds 0 1 2            # glyphs: 2-6 min a run on 2 CPU
+                                                          # cores, HIER's about 25 min
     python benchmarks/methods.py --benchmark digits       # about 10 minutes
 
 Prints a table of mean +- standard deviation over seeds. With --out it writes every run's
