@@ -135,13 +135,16 @@ def read_image(path: str | os.PathLike, *, max_size: int | None = 1024,
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"image not found: {path!r}.")
+  previous = ImageFile.LOAD_TRUNCATED_IMAGES
   ImageFile.LOAD_TRUNCATED_IMAGES = True  # the reference loader's setting (R1M has such files)
-  try:
+  try:  # PIL's switch is global: set for this read only
     with open(path, "rb") as f:
       img = Image.open(f)
       img = img.convert("RGB")
   except Exception as e:  # noqa: BLE001 - PIL raises several types for a bad file
     raise ValueError(f"cannot read image {path!r}: {e}") from e
+  finally:
+    ImageFile.LOAD_TRUNCATED_IMAGES = previous
   full = max(img.size)
   if bbx is not None:
     box = tuple(float(v) for v in bbx)

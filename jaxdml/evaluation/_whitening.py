@@ -149,8 +149,8 @@ def apply_whitening(x, whitening: Whitening, dims: int | None = None) -> Array:
   """`normalize(P[:dims] (x - m))` for rows of `x` [N, d]; L2 with +1e-6 as the code does.
 
   >>> w = Whitening(jnp.zeros(2), jnp.eye(2))
-  >>> apply_whitening(jnp.array([[3.0, 4.0]]), w).round(4).tolist()
-  [[0.6, 0.8]]
+  >>> [round(float(v), 4) for v in apply_whitening(jnp.array([[3.0, 4.0]]), w)[0]]
+  [0.6, 0.8]
   """
   if not isinstance(whitening, Whitening):
     raise TypeError(f"`whitening` must be a Whitening, got {type(whitening).__name__}.")

@@ -85,8 +85,8 @@ def multiscale_descriptor(embed: Callable[[Array], Array], images: Array,
     [B, d] L2-normalised descriptors.
 
   >>> emb = lambda x: x.mean(axis=(1, 2))  # a toy "network"
-  >>> multiscale_descriptor(emb, jnp.ones((1, 8, 8, 2)), p=3.0).round(4).tolist()
-  [[0.7071, 0.7071]]
+  >>> [round(float(v), 4) for v in multiscale_descriptor(emb, jnp.ones((1, 8, 8, 2)), p=3.0)[0]]
+  [0.7071, 0.7071]
   """
   scales = tuple(float(s) for s in scales)
   if not scales or not all(s > 0 for s in scales):
