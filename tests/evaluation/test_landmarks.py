@@ -21,6 +21,18 @@ def _naive_ap(ranks, nres):
   return ap
 
 
+def _naive_shift(pos, bad):
+  """The published loop: each positive moves up by the junk ranked before it."""
+  pos = list(pos)
+  k, ij = 0, 0
+  for ip in range(len(pos)):
+    while ij < len(bad) and pos[ip] > bad[ij]:
+      k += 1
+      ij += 1
+    pos[ip] -= k
+  return pos
+
+
 def _naive_map(ranking, ok_lists, junk_lists, kappas):
   """ranking: [N, Q] database indices best first (the published code's layout)."""
   aps, prs = [], []
@@ -30,12 +42,7 @@ def _naive_map(ranking, ok_lists, junk_lists, kappas):
     column = ranking[:, i]
     pos = [r for r in range(len(column)) if column[r] in set(ok)]
     bad = [r for r in range(len(column)) if column[r] in set(junk)]
-    k, ij = 0, 0
-    for ip in range(len(pos)):
-      while ij < len(bad) and pos[ip] > bad[ij]:
-        k += 1
-        ij += 1
-      pos[ip] -= k
+    pos = _naive_shift(pos, bad)
     aps.append(_naive_ap(pos, len(ok)))
     pos1 = [p + 1 for p in pos]
     row = []
@@ -101,14 +108,7 @@ def test_remove_ignored_matches_the_loop():
   for _ in range(50):
     ranks = rng.permutation(40)
     pos, junk = np.sort(ranks[:6]), np.sort(ranks[6:15])
-    loop = list(pos)
-    k, ij = 0, 0
-    for ip in range(len(loop)):
-      while ij < len(junk) and loop[ip] > junk[ij]:
-        k += 1
-        ij += 1
-      loop[ip] -= k
-    assert evaluation.remove_ignored(pos, junk).tolist() == loop
+    assert evaluation.remove_ignored(pos, junk).tolist() == _naive_shift(pos, junk)
 
 
 # ------------------------------------------------------------------- against the reference
