@@ -16,8 +16,10 @@ the box crop for a query, then downscaled (never enlarged) so that its longer si
 a query by the factor its full image would get (`max_size * max(crop) / max(full)`).
 
 The descriptors that the data sets' authors ship (`ROOT/features/<name>_resnet_rsfm120k_gem.mat`,
-columns X database / Q queries) are read by `load_features`; `jaxdml.evaluation.landmark_metrics`
-gives ROxf E/M/H 84.81 / 64.67 / 38.47 and RPar 92.12 / 77.20 / 56.32 on them.
+columns X database / Q queries) are read by `load_features`. Their published scores are ROxf
+E/M/H 84.81 / 64.67 / 38.47 and RPar 92.12 / 77.20 / 56.32; tests/data/test_revisited.py checks
+`jaxdml.evaluation.landmark_metrics` against them where the files are present
+(JAXDML_REVISITOP_ROOT).
 """
 
 from __future__ import annotations
