@@ -83,14 +83,19 @@ def build_model(config: Config):
   """
   m = config.model
   dtype = jnp.bfloat16 if m.compute_dtype == "bfloat16" else jnp.float32
-  if m.name in ("small_cnn", "res_cnn"):
-    from jaxdml import models  # noqa: PLC0415
-    cls = models.SmallCNN if m.name == "small_cnn" else models.ResCNN
-    return cls(embedding_dim=m.embedding_dim, normalize=m.normalize_embeddings,
-               conv_impl=m.conv_impl, hyperbolic=m.head == "hyperbolic",
-               poincare_c=m.poincare_c, clip_r=m.clip_r), (lambda v: v)
   from jaxdml import models  # noqa: PLC0415
+  from jaxdml.models.necks import neck_from_name  # noqa: PLC0415
+  small = {"embedding_dim": m.embedding_dim, "normalize": m.normalize_embeddings,
+           "conv_impl": m.conv_impl, "hyperbolic": m.head == "hyperbolic",
+           "poincare_c": m.poincare_c, "clip_r": m.clip_r}
+  if m.name == "small_cnn":
+    return models.SmallCNN(**small), (lambda v: v)
+  neck = None if m.neck is None else neck_from_name(m.neck, m.neck_kwargs)
+  if m.name == "res_cnn":
+    return models.ResCNN(**small, pooling=m.pooling or "avg+max", neck=neck), (lambda v: v)
   from jaxdml.models.weights import check_weight_file  # noqa: PLC0415
+  if neck is not None:
+    neck = neck_from_name(m.neck, m.neck_kwargs, dtype=dtype)
   backbone, load = models.backbone_from_name(m.name, frozen_bn=m.frozen_bn, dtype=dtype)
   pooling = m.pooling or ("cls" if "patch16" in m.name else "avg")
   head = {"normalize": m.normalize_embeddings}
@@ -98,7 +103,8 @@ def build_model(config: Config):
     head = {"pre_layer_norm": True, "head_init": "orthogonal", "normalize": False,
             "poincare_c": m.poincare_c, "clip_r": m.clip_r}
   model = models.EmbeddingModel(backbone=backbone, pooling=pooling,
-                                embedding_dim=m.embedding_dim, layer_norm=m.layer_norm, **head)
+                                embedding_dim=m.embedding_dim, layer_norm=m.layer_norm,
+                                neck=neck, **head)
 
   if m.pretrained:  # a wrong path or a corrupt file is reported now, not when training starts
     check_weight_file(m.pretrained)

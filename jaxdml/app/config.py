@@ -180,8 +180,13 @@ class ModelConfig:
       head: glyphs) or an image backbone.
     pretrained: backbone weight file (.pth / .safetensors / .npz); image backbones only.
     embedding_dim: output size.
-    pooling: avg, max, avg+max, gem (CNN backbones); also cls, tokens_avg (ViTs); None: avg /
-      cls. Image backbones only.
+    pooling: avg, max, avg+max, gem (CNN backbones and res_cnn); also cls, tokens_avg (ViTs);
+      None: the model's own (avg for CNN backbones, cls for ViTs, avg+max for res_cnn). Not for
+      small_cnn (it embeds its flattened map).
+    neck: a module between the backbone's feature map and the pooling (`jaxdml.models.necks`:
+      "glam"), or None; CNN backbones and res_cnn.
+    neck_kwargs: the neck's settings (its attributes, checked by name), e.g.
+      `model.neck_kwargs.global_spatial=false`.
     frozen_bn, layer_norm, normalize_embeddings: batch norm frozen (resnet*, bn_inception), a
       layer norm after the embedding layer (image backbones), L2-normalised output (Euclidean
       head).
@@ -207,9 +212,17 @@ class ModelConfig:
   head: Literal["linear", "hyperbolic"] = "linear"
   poincare_c: float = 0.1
   clip_r: float = 2.3
+  neck: str | None = None
+  neck_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     _at_least(self, ("embedding_dim",))
+    if self.neck is not None:  # unknown names and settings are reported here, by name
+      from jaxdml.models.necks import neck_from_name  # noqa: PLC0415
+      neck_from_name(self.neck, self.neck_kwargs)
+    elif self.neck_kwargs:
+      raise ValueError(f"model.neck_kwargs={self.neck_kwargs!r} is set without a neck; set "
+                       "model.neck (e.g. glam) first.")
     for name in ("poincare_c", "clip_r"):
       if not getattr(self, name) > 0:
         raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
@@ -239,11 +252,15 @@ def _unused_model_option(m: ModelConfig) -> str | None:
     what = "the small CNN" if m.name == "small_cnn" else "the residual CNN"
     if m.pretrained:
       return f"{what} has no pretrained weights; unset model.pretrained."
-    if m.pooling is not None:
-      pools = ("embeds its flattened feature map (no pooling)" if m.name == "small_cnn"
-               else "always pools by global average + max")
-      return (f"{what} {pools}; unset model.pooling (it applies to the image backbones)"
-              f"{_ORDER_HINT}.")
+    if m.name == "small_cnn" and m.pooling is not None:
+      return (f"{what} embeds its flattened feature map (no pooling); unset model.pooling (it "
+              f"applies to res_cnn and the image backbones){_ORDER_HINT}.")
+    if m.name == "small_cnn" and m.neck is not None:
+      return (f"{what} embeds its flattened feature map, so a neck does not apply; unset "
+              f"model.neck (it applies to res_cnn and the CNN backbones){_ORDER_HINT}.")
+    if m.name == "res_cnn" and m.pooling not in (None, *CNN_POOLING):
+      return (f"model.pooling={m.pooling!r} pools a ViT's tokens; res_cnn gives a feature map: "
+              f"model.pooling must be one of {', '.join(CNN_POOLING)} (or unset: avg+max).")
     why = {"frozen_bn": (f"{what} has no batch norm" if m.name == "small_cnn" else
                          f"{what} is trained from scratch (no pretrained batch norm to freeze)"),
            "layer_norm": f"{what}'s head has no layer norm",
@@ -259,6 +276,9 @@ def _unused_model_option(m: ModelConfig) -> str | None:
     if m.name in VIT_MODELS and changed("frozen_bn"):
       return (f"a ViT has no batch norm, so model.frozen_bn does not apply to {m.name} (it "
               "applies to resnet* and bn_inception); unset it.")
+    if m.name in VIT_MODELS and m.neck is not None:
+      return (f"a neck acts on a convolutional feature map; {m.name} gives tokens, so model.neck "
+              f"does not apply; unset it{_ORDER_HINT}.")
     if m.name not in VIT_MODELS and m.pooling not in (None, *CNN_POOLING):
       return (f"model.pooling={m.pooling!r} pools a ViT's tokens; {m.name} gives a feature map: "
               f"model.pooling must be one of {', '.join(CNN_POOLING)} (or unset: avg).")

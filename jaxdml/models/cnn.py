@@ -16,8 +16,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdml.models.heads import EmbeddingHead, pool
+from jaxdml.models.heads import EmbeddingHead, GeM, pool
 from jaxdml.models.layers import BatchNorm
+
+#: the pooling methods of `ResCNN` (a feature map, no tokens)
+CNN_POOLING = ("avg+max", "avg", "max", "gem")
 
 Array = jax.Array
 
@@ -255,8 +258,9 @@ class ResCNN(nn.Module):
   a [2, 2, 64] feature map and 64 x 64 images to [4, 4, 64]: H and W must be multiples of
   `downsampling` (2 ** (len(widths) + 1)).
 
-  The head pools the last map by global average plus global max, summed as in Proxy-Anchor's
-  ResNet recipe (`pool(..., "avg+max")`; summing keeps the embedding layer's input at C), then
+  The head pools the last map (by default; see `pooling`) by global average plus global max,
+  summed as in Proxy-Anchor's ResNet recipe (`pool(..., "avg+max")`; summing keeps the
+  embedding layer's input at C), then
   applies an `EmbeddingHead`: the ResNet recipes' linear layer (kaiming-normal fan_out, zero
   bias) and L2 norm, or with `hyperbolic=True` the Poincare-ball head of HIER / Hyp-ViT (as in
   `SmallCNN`). Because max pooling is not linear, embedding a mixture of two feature maps is not
@@ -289,6 +293,11 @@ class ResCNN(nn.Module):
     poincare_c, clip_r: the ball's curvature parameter and the feature-clipping radius.
     widths: channels of each stage (the stem has widths[0]).
     blocks: residual blocks of each stage (>= 1 each).
+    pooling: "avg+max" (the default above), "avg", "max" or "gem" (a learnable exponent,
+      `params["gem"]["p"]`, initialised at `gem_p`: GLAM's and cirtorch's recipes).
+    gem_p: GeM's initial exponent.
+    neck: a module applied to the last feature map inside `features` (same shape out, e.g.
+      `GLAM`), or None; its parameters are `params["neck"]`.
   """
 
   embedding_dim: int = 128
@@ -299,8 +308,13 @@ class ResCNN(nn.Module):
   clip_r: float = 2.3
   widths: tuple[int, ...] = (16, 32, 64)
   blocks: tuple[int, ...] = (1, 1, 1)
+  pooling: str = "avg+max"
+  gem_p: float = 3.0
+  neck: nn.Module | None = None
 
   def setup(self):
+    if self.pooling not in CNN_POOLING:
+      raise ValueError(f"pooling must be one of {CNN_POOLING}, got {self.pooling!r}.")
     if len(self.widths) < 1 or len(self.widths) != len(self.blocks):
       raise ValueError(f"widths and blocks must be non-empty and of the same length, got "
                        f"widths={self.widths} and blocks={self.blocks}.")
@@ -308,6 +322,8 @@ class ResCNN(nn.Module):
       raise ValueError(f"widths and blocks must be >= 1, got widths={self.widths} and "
                        f"blocks={self.blocks}.")
     self.trunk = ResTrunk(tuple(self.widths), tuple(self.blocks), self.conv_impl)
+    if self.pooling == "gem":
+      self.gem = GeM(p_init=self.gem_p)
     self.head = grey_head(self, "kaiming_fan_out")
 
   @property
@@ -316,7 +332,8 @@ class ResCNN(nn.Module):
     return 2 ** (len(self.widths) + 1)
 
   def features(self, x: Array, *, train: bool = False) -> Array:
-    """[B, H, W(, 1)] images -> [B, H / f, W / f, widths[-1]], f = `downsampling`."""
+    """[B, H, W(, 1)] images -> [B, H / f, W / f, widths[-1]], f = `downsampling` (after the
+    neck, if any)."""
     if x.ndim == 3:
       x = x[..., None]
     if x.ndim != 4 or x.shape[-1] != 1:
@@ -325,12 +342,14 @@ class ResCNN(nn.Module):
     if x.shape[1] % f or x.shape[2] % f:
       raise ValueError(f"image height and width must be multiples of {f} (2 ** (len(widths) + "
                        f"1)), got {x.shape[1]} x {x.shape[2]}.")
-    return self.trunk(x.astype(jnp.float32), train=train)
+    features = self.trunk(x.astype(jnp.float32), train=train)
+    return features if self.neck is None else self.neck(features)
 
   def embed_features(self, features: Array, *, train: bool = False) -> Array:
-    """[B, h, w, C] feature map -> [B, embedding_dim] float32 (avg + max pooling, head)."""
+    """[B, h, w, C] feature map -> [B, embedding_dim] float32 (pooling, head)."""
     del train
-    return self.head(pool(features, "avg+max"))
+    pooled = self.gem(features) if self.pooling == "gem" else pool(features, self.pooling)
+    return self.head(pooled)
 
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     return self.embed_features(self.features(x, train=train), train=train)

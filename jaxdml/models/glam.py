@@ -105,8 +105,23 @@ class GLAM(nn.Module):
     if x.ndim != 4:
       raise ValueError(f"GLAM takes a feature map [batch, height, width, channels], got shape "
                        f"{x.shape}.")
-    if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-      raise ValueError(f"kernel_size must be odd and positive, got {self.kernel_size}.")
+    self.check_settings()
+
+  def check_settings(self) -> None:
+    """Raises ValueError naming the first invalid setting (called before the first use, and by
+    `jaxdml.models.necks.neck_from_name` when a config names this module)."""
+    for name in ("local_channel", "local_spatial", "global_channel", "global_spatial"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+    ints = {"kernel_size": self.kernel_size, "spatial_kernel": self.spatial_kernel,
+            "reduced_channels": self.reduced_channels or 1}
+    ints.update({f"dilations[{i}]": d for i, d in enumerate(self.dilations)})
+    for name, value in ints.items():
+      if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}.")
+    for name in ("kernel_size", "spatial_kernel"):  # odd: the map keeps its size
+      if getattr(self, name) < 1 or getattr(self, name) % 2 == 0:
+        raise ValueError(f"{name} must be odd and positive, got {getattr(self, name)}.")
     if self.softmax_axis not in SOFTMAX_AXES:
       raise ValueError(f"softmax_axis must be one of {SOFTMAX_AXES}, got {self.softmax_axis!r}.")
     if self.local_channel_layer not in LOCAL_CHANNEL_LAYERS:

@@ -185,7 +185,7 @@ class EmbeddingHead(nn.Module):
 
 
 class EmbeddingModel(nn.Module):
-  """backbone -> pooling -> EmbeddingHead.
+  """backbone [-> neck] -> pooling -> EmbeddingHead.
 
   `model.apply(variables, x, train=...)` gives embeddings; `method="features"` gives the
   backbone's feature map and `method="embed_features"` embeds a feature map, so that
@@ -201,6 +201,8 @@ class EmbeddingModel(nn.Module):
     dtype: computation dtype of the head's linear layer.
     pre_layer_norm, head_init, poincare_c, clip_r: `EmbeddingHead`'s `pre_layer_norm`,
       `linear_init`, `poincare_c` and `clip_r` (the hyperbolic head of HIER / Hyp-ViT).
+    neck: a module applied to the backbone's feature map inside `features` (same shape out,
+      e.g. `GLAM`; `jaxdml.models.necks`), or None. Its parameters are `params["neck"]`.
   """
 
   backbone: nn.Module
@@ -214,6 +216,7 @@ class EmbeddingModel(nn.Module):
   head_init: str = "kaiming_fan_out"
   poincare_c: float | None = None
   clip_r: float | None = 2.3
+  neck: nn.Module | None = None
 
   def setup(self):
     if self.pooling not in POOLING_METHODS:
@@ -226,8 +229,10 @@ class EmbeddingModel(nn.Module):
                               poincare_c=self.poincare_c, clip_r=self.clip_r)
 
   def features(self, x: Array, *, train: bool) -> Array:
-    """Backbone feature map of inputs, e.g. [B, H, W, 3] -> [B, h, w, C]."""
-    return self.backbone(x, train=train)
+    """Backbone feature map of inputs (after the neck, if any), e.g. [B, H, W, 3] ->
+    [B, h, w, C]."""
+    features = self.backbone(x, train=train)
+    return features if self.neck is None else self.neck(features)
 
   def embed_features(self, features: Array, *, train: bool) -> Array:
     """Pooling and head: [B, h, w, C] (or [B, T, D]) -> [B, d] float32.

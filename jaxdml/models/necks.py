@@ -1,0 +1,71 @@
+"""Modules that sit between a backbone's last feature map and the pooling ("necks"), by name.
+
+A neck maps a feature map [B, h, w, c] to one of the same shape (GLAM's attention, ...). Every
+embedding model of the library takes one as its `neck` attribute and applies it inside its
+`features` method, so what a method sees as "the features" (Metrix's feature mixup, ...) is the
+neck's output, and the pooling and head follow it unchanged. `ModelConfig.neck` names one of
+`NECKS` and `ModelConfig.neck_kwargs` holds its settings (the module's attributes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Mapping
+
+import flax.linen as nn
+
+from jaxdml.models.glam import GLAM
+
+#: neck name -> Flax module class (its dataclass fields are the settings)
+NECKS: dict[str, type[nn.Module]] = {"glam": GLAM}
+
+#: module fields that are not settings (a neck computes in the model's `compute_dtype`)
+_INTERNAL = ("parent", "name", "dtype")
+
+
+def neck_settings(name: str) -> dict[str, Any]:
+  """The settings of neck `name` with their defaults."""
+  cls = _neck_class(name)
+  return {f.name: f.default for f in dataclasses.fields(cls)
+          if f.name not in _INTERNAL and f.init}
+
+
+def neck_from_name(name: str, kwargs: Mapping[str, Any] | None = None, **overrides: Any
+                   ) -> nn.Module:
+  """The neck module `name` with its settings `kwargs` (unknown keys are an error naming them).
+
+  Lists are turned into tuples (settings read from JSON or the command line), so that the module
+  is hashable. `overrides` (e.g. `dtype`) are set after the check and need not be settings a
+  user may give.
+
+  >>> neck_from_name("glam", {"global_spatial": False, "dilations": [1, 2]}).dilations
+  (1, 2)
+  """
+  cls = _neck_class(name)
+  kwargs = dict(kwargs or {})
+  allowed = neck_settings(name)
+  unknown = sorted(set(kwargs) - set(allowed))
+  if unknown:
+    hint = ""
+    for k in unknown:
+      close = difflib.get_close_matches(k, list(allowed), n=1)
+      hint += f" (did you mean {close[0]!r} for {k!r}?)" if close else ""
+    raise ValueError(f"model.neck_kwargs: unknown setting(s) {unknown} of the {name!r} neck"
+                     f"{hint}; its settings: {sorted(allowed)}.")
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  module = cls(**kwargs, **overrides)
+  if hasattr(module, "check_settings"):
+    try:
+      module.check_settings()
+    except ValueError as e:
+      raise ValueError(f"model.neck_kwargs of the {name!r} neck: {e}") from None
+  return module
+
+
+def _neck_class(name: str) -> type[nn.Module]:
+  if name not in NECKS:
+    close = difflib.get_close_matches(str(name), list(NECKS), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown neck {name!r}.{hint} Necks: {sorted(NECKS)}.")
+  return NECKS[name]
