@@ -91,6 +91,12 @@ class GlyphsConfig:
       default test images): with all 16 images per class the three levels took 97 s on 2 CPU
       cores (73 s of it at the script level; random 128-d embeddings), and the search is
       quadratic in the images, so 8 per class should take about a quarter of that.
+    instance_landmarks: also evaluate the instance-retrieval variant
+      (`jaxdml.data.make_glyph_instances`) on this many test classes, with the Revisited
+      Oxford / Paris protocol (Easy / Medium / Hard mAP, "instances/..." in the metrics); 0: off.
+      Its landmarks must be classes the run does not train on (checked).
+    instance_views, instance_distractors: database views of each landmark, and distractor
+      images (training classes) after them.
   """
 
   size: int = 32
@@ -100,9 +106,13 @@ class GlyphsConfig:
   pool_fraction: float = 0.0
   max_classes: int | None = None
   eval_images_per_class: int | None = 8
+  instance_landmarks: int = 0
+  instance_views: int = 20
+  instance_distractors: int = 0
 
   def __post_init__(self):
-    _at_least(self, ("size", "min_faces", "images_per_class"))
+    _at_least(self, ("size", "min_faces", "images_per_class", "instance_views"))
+    _at_least(self, ("instance_landmarks", "instance_distractors"), low=0)
     _at_least(self, ("max_classes",), low=4, allow_none=True)
     _at_least(self, ("eval_images_per_class",), low=2, allow_none=True)
     if not 0.0 <= self.pool_fraction < 1.0:
@@ -570,6 +580,10 @@ class Config:
     if self.data.sampler == "random" and self.data.dataset not in BUILTIN_DATASETS:
       raise ValueError("data.sampler='random' is available for the built-in benchmarks "
                        f"({', '.join(BUILTIN_DATASETS)}); image data sets sample P x M batches.")
+    if self.data.glyphs.instance_landmarks and self.model.head == "hyperbolic":
+      raise ValueError("data.glyphs.instance_landmarks: the landmark protocol ranks by cosine "
+                       "similarity, and a hyperbolic head (model.head) needs the Poincare "
+                       "distance; set it to 0 or use the linear head.")
     build_objective(self, num_classes=2)  # the methods against the loss, head and batches
 
   def setup(self, num_classes: int) -> objectives.Setup:

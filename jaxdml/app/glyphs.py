@@ -8,7 +8,10 @@ The metrics of an evaluation are the fine level's under their plain names ("map@
 three levels of MAP@R and Recall@1 under "mean/map@r" and "mean/recall@1". Clustering (NMI) and
 the full-ranking mAP ("map") are scored at the fine level only (the latter costs minutes at the
 script level, whose classes hold thousands of images). The evaluation uses the first
-`data.glyphs.eval_images_per_class` test images of each class (`eval_subset`).
+`data.glyphs.eval_images_per_class` test images of each class (`eval_subset`). With
+`data.glyphs.instance_landmarks` the instance-retrieval variant is scored too, by the Revisited
+Oxford / Paris protocol: "instances/easy/map", "instances/medium/map", "instances/hard/map" and
+their mP@k.
 """
 
 from __future__ import annotations
@@ -45,6 +48,44 @@ def _load(seed, size, min_faces, images_per_class, unseen_faces, pool_fraction, 
   return make_glyphs(seed, size=size, min_faces=min_faces, images_per_class=images_per_class,
                      unseen_faces=unseen_faces, pool_fraction=pool_fraction,
                      max_classes=max_classes)
+
+
+def load_instances(config: Config):
+  """The `jaxdml.data.GlyphInstances` of `config` (None when `data.glyphs.instance_landmarks`
+  is 0), after checking that its landmarks are classes the run does not train on."""
+  g = config.data.glyphs
+  if not g.instance_landmarks:
+    return None
+  inst = _load_instances(config.data.data_seed, g.size, g.instance_landmarks, g.instance_views,
+                         g.instance_distractors, g.min_faces)
+  data = load(config)
+  trained = set(np.asarray(data.code_points)[np.unique(data.train_labels)].tolist())
+  landmarks = set(np.asarray(inst.code_points)[np.asarray(inst.query_labels)].tolist())
+  if trained & landmarks:
+    raise ValueError(f"data.glyphs.instance_landmarks: {len(trained & landmarks)} of the "
+                     f"{len(landmarks)} landmarks are training classes of this run (its "
+                     "data.glyphs settings split the classes differently from the instance "
+                     "variant's, which uses all faces and no pool); unset pool_fraction / "
+                     "max_classes or turn the instance evaluation off.")
+  return inst
+
+
+@functools.lru_cache(maxsize=2)
+def _load_instances(seed, size, num_landmarks, views, distractors, min_faces):
+  from jaxdml.data.glyphs import make_glyph_instances  # noqa: PLC0415
+  return make_glyph_instances(seed, size=size, num_landmarks=num_landmarks,
+                              views_per_landmark=views, num_distractors=distractors,
+                              min_faces=min_faces)
+
+
+def instance_metrics(embed, inst, *, mesh=None) -> dict[str, float]:
+  """Easy / Medium / Hard mAP and mP@k of the instance variant under "instances/...";
+  `embed(images) -> [N, d]` embeds float images (`to_inputs`). Cosine similarity."""
+  from jaxdml.evaluation import landmark_metrics  # noqa: PLC0415
+  queries = embed(to_inputs(inst.query_images))
+  database = embed(to_inputs(inst.database_images))
+  m = landmark_metrics(queries, database, inst.ground_truth(), similarity="cosine", mesh=mesh)
+  return {f"instances/{k}": float(v) for k, v in m.items()}
 
 
 def input_shape(config: Config) -> tuple[int, int]:
@@ -96,6 +137,11 @@ def eval_subset(labels: np.ndarray, per_class: int | None) -> np.ndarray:
   return np.sort(order[rank < per_class])
 
 
+def instance_rows(metrics: dict[str, float]) -> dict[str, float]:
+  """The instance variant's figures of `metrics` without their "instances/" prefix."""
+  return {k[len("instances/"):]: v for k, v in metrics.items() if k.startswith("instances/")}
+
+
 def level_rows(name: str, metrics: dict[str, float]) -> dict[str, dict[str, float]]:
   """One report row per level ("<name>, code point", ...) and one of the means."""
   rows = {}
@@ -119,18 +165,30 @@ def make_task(config: Config, mesh: Mesh) -> Task:
   ks = config.eval.recall_ks
   similarity = eval_similarity(config)
 
+  inst = load_instances(config)
+
   def evaluate(embedder, state):
     emb = embedder.arrays(state.params, state.model_state, test_x)
-    return level_metrics(emb, data, test_labels, ks=ks, mesh=mesh, **similarity)
+    out = level_metrics(emb, data, test_labels, ks=ks, mesh=mesh, **similarity)
+    if inst is not None:
+      embed = lambda x: embedder.arrays(state.params, state.model_state, x)  # noqa: E731
+      out.update(instance_metrics(embed, inst, mesh=mesh))
+    return out
 
   def baselines(embedder, model):
     raw = test_x.reshape(len(test_x), -1)
     variables = dict(model.init(jax.random.PRNGKey(config.seed), test_x[:2]))
     params = {"model": variables.pop("params")}
     untrained = embedder.arrays(params, variables, test_x)
-    return {**level_rows("raw pixels", level_metrics(raw, data, test_labels, ks=ks)),
+    rows = {**level_rows("raw pixels", level_metrics(raw, data, test_labels, ks=ks)),
             **level_rows("untrained", level_metrics(untrained, data, test_labels, ks=ks,
                                                     **similarity))}
+    if inst is not None:
+      flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+      rows["raw pixels, instances"] = instance_rows(instance_metrics(flat, inst))
+      rows["untrained, instances"] = instance_rows(instance_metrics(
+          lambda x: embedder.arrays(params, variables, x), inst))
+    return rows
 
   def save_retrieval(path, embedder, state):
     from jaxdml.train.plots import save_retrieval_grid  # noqa: PLC0415
@@ -147,5 +205,8 @@ def make_task(config: Config, mesh: Mesh) -> Task:
              f"{config.data.glyphs.size}, {len(data.faces)} typefaces)")
   return Task(summary=summary, num_classes=len(classes), batches=batches,
               steps_per_epoch=steps_per_epoch, sample=train_x[:2], evaluate=evaluate,
-              rows=lambda final: level_rows("trained", final), baselines=baselines,
+              rows=lambda final: {**level_rows("trained", final),
+                                  **({} if inst is None else
+                                     {"trained, instances": instance_rows(final)})},
+              baselines=baselines,
               save_retrieval=save_retrieval)

@@ -18,6 +18,49 @@ TINY = ["data.glyphs.max_classes=40", "data.glyphs.images_per_class=4",
         "eval.recall_ks=[1,2]"]
 
 
+INSTANCES = ["data.glyphs.instance_landmarks=6", "data.glyphs.instance_views=4",
+             "data.glyphs.instance_distractors=5"]
+
+
+def test_instance_metrics_of_an_oracle_are_perfect_and_of_a_shuffle_are_not():
+  """An embedding that maps every image to its landmark's one-hot vector (distractors to a
+  vector of their own) ranks all positives first, so Easy / Medium / Hard mAP are 1; the same
+  with the landmarks of the views shuffled is far from it."""
+  config = apply_overrides(glyphs.get_config(), ["data.glyphs.max_classes=40", *INSTANCES])
+  inst = task.load_instances(config)
+  labels = {img.tobytes(): lab for img, lab in zip(inst.query_images, inst.query_labels,
+                                                    strict=True)}
+  labels.update({img.tobytes(): lab for img, lab in zip(
+      inst.database_images, inst.database_labels, strict=True)})
+  ids = {lab: i for i, lab in enumerate(sorted(set(labels.values())))}
+
+  def oracle(x, perm=None):
+    lab = np.array([ids[labels[(np.asarray(img) * 255).round().astype(np.uint8).tobytes()]]
+                    for img in x])
+    if perm is not None and len(x) == len(inst.database_images):
+      lab = lab[perm]
+    return np.eye(len(ids), dtype=np.float32)[lab] + 1e-3
+
+  m = task.instance_metrics(oracle, inst)
+  for protocol in ("easy", "medium", "hard"):
+    assert m[f"instances/{protocol}/map"] == pytest.approx(1.0), protocol
+  perm = np.random.default_rng(0).permutation(len(inst.database_images))
+  assert task.instance_metrics(lambda x: oracle(x, perm), inst)["instances/medium/map"] < 0.6
+
+
+def test_instance_landmarks_must_not_be_training_classes(monkeypatch):
+  config = apply_overrides(glyphs.get_config(), ["data.glyphs.max_classes=40", *INSTANCES])
+  inst = task.load_instances(config)
+  data = task.load(config)
+  fake = dataclasses.replace(data, code_points=inst.code_points,
+                             train_labels=np.asarray(inst.query_labels[:1]))
+  monkeypatch.setattr(task, "load", lambda c: fake)
+  with pytest.raises(ValueError, match="1 of the 6 landmarks are training classes"):
+    task.load_instances(config)
+  with pytest.raises(ValueError, match="instance_landmarks: the landmark protocol ranks by"):
+    apply_overrides(recipes.glyph_hier("hyperbolic", None), INSTANCES)
+
+
 def test_eval_subset_keeps_the_first_images_of_each_class_in_order():
   labels = np.array([3, 1, 3, 3, 1, 2, 3, 1, 1])
   np.testing.assert_array_equal(task.eval_subset(labels, 2), [0, 1, 2, 4, 5])
@@ -122,7 +165,7 @@ def trained(tmp_path_factory):
   mp = pytest.MonkeyPatch()
   mp.setenv("JAXDML_CACHE", str(tmp_path_factory.mktemp("glyph-cache")))
   workdir = tmp_path_factory.mktemp("glyph-run")
-  config = apply_overrides(glyphs.get_config(), [*TINY, f"loop.workdir={workdir}"])
+  config = apply_overrides(glyphs.get_config(), [*TINY, f"loop.workdir={workdir}", *INSTANCES])
   try:
     yield config, run(config, progress=False, verbose=False)
   finally:
@@ -139,8 +182,11 @@ def test_a_tiny_glyphs_run_reports_every_level_and_its_baselines(trained):
     assert 0.0 <= final[key] <= 1.0, key
   rows = out["metrics"]
   for name in ("raw pixels", "untrained", "trained"):
-    for level in ("code point", "base", "script", "mean"):
+    for level in ("code point", "base", "script", "mean", "instances"):
       assert f"{name}, {level}" in rows
+  for protocol in ("easy", "medium", "hard"):
+    assert 0.0 < final[f"instances/{protocol}/map"] <= 1.0
+    assert rows["trained, instances"][f"{protocol}/map"] == final[f"instances/{protocol}/map"]
   _, train_labels = np.unique(data.train_labels, return_inverse=True)
   per_epoch = len(class_balanced_batches(train_labels, 8, 2, seed=0))
   assert out["step"] == 2 * per_epoch  # the run finished its epochs
