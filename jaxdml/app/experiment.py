@@ -30,7 +30,18 @@ CONFIG_FILE = "config.json"
 
 
 def format_table(rows: dict[str, dict[str, float]], keys=REPORT_KEYS) -> str:
-  """The report table: one row per model (or level), the metrics of `keys` it has."""
+  """The report table: one row per model (or level), the metrics of `keys` it has. Rows with
+  none of `keys` (e.g. the landmark protocol's "easy/map", ...) follow in a table of their own
+  metrics, in the order they first appear."""
+  other = {n: r for n, r in rows.items() if not any(k in r for k in keys)}
+  rows = {n: r for n, r in rows.items() if n not in other}
+  parts = [_table(rows, keys)] if rows else []
+  if other:
+    parts.append(_table(other, list(dict.fromkeys(k for r in other.values() for k in r))))
+  return "\n\n".join(parts)
+
+
+def _table(rows: dict[str, dict[str, float]], keys) -> str:
   keys = [k for k in keys if any(k in r for r in rows.values())]
   width = max(len(n) for n in rows) + 2
   head = "model".ljust(width) + "".join(k.rjust(12) for k in keys)
@@ -181,9 +192,10 @@ def run(config: Config, *, progress: bool = True, verbose: bool = True,
   tx = build.build_optimizer(config, task.steps_per_epoch, objective)
   say(task.summary)
   miner = f" + miner {config.objective.miner}" if config.objective.miner else ""
+  batch = (f"{config.data.batch_size} random images" if config.data.sampler == "random" else
+           f"{config.data.classes_per_batch}x{config.data.per_class}")
   say(f"objective {objective.name}{miner}, {loop.epochs} epochs of {task.steps_per_epoch} "
-      f"batches of {config.data.classes_per_batch}x{config.data.per_class} on {mesh.size} "
-      "device(s)")
+      f"batches of {batch} on {mesh.size} device(s)")
 
   embedder = Embedder(model, mesh)
   rows = {}

@@ -61,6 +61,17 @@ def test_instance_landmarks_must_not_be_training_classes(monkeypatch):
     apply_overrides(recipes.glyph_hier("hyperbolic", None), INSTANCES)
 
 
+def test_the_report_puts_the_instance_rows_in_a_table_of_their_own():
+  from jaxdml.app.experiment import format_table
+
+  text = format_table({"trained, code point": {"recall@1": 0.5, "map@r": 0.25},
+                       "trained, instances": {"easy/map": 0.75, "medium/map": 0.5}})
+  first, second = text.split("\n\n")
+  assert "recall@1" in first and "easy/map" not in first and "nan" not in text
+  assert second.splitlines()[0].split() == ["model", "easy/map", "medium/map"]
+  assert second.splitlines()[2].split() == ["trained,", "instances", "0.7500", "0.5000"]
+
+
 def test_eval_subset_keeps_the_first_images_of_each_class_in_order():
   labels = np.array([3, 1, 3, 3, 1, 2, 3, 1, 1])
   np.testing.assert_array_equal(task.eval_subset(labels, 2), [0, 1, 2, 4, 5])
