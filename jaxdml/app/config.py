@@ -51,7 +51,7 @@ from jaxdml import methods, objectives
 DATASETS = ("digit_pairs", "glyphs", "cub200", "cars196", "sop", "inshop", "image_folder",
             "dyml_vehicle", "dyml_animal", "dyml_product")
 MODELS = ("small_cnn", "res_cnn", "resnet18", "resnet34", "resnet50", "resnet101", "bn_inception",
-          "vit_small_patch16", "deit_small_patch16")
+          "vit_small_patch16", "deit_small_patch16", "mobilenet_v2")
 
 _SECTION = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 #: the built-in benchmarks (in memory, generated offline) and the small networks made for them

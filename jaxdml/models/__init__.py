@@ -15,6 +15,12 @@ from jaxdml.models.bn_inception import (
 from jaxdml.models.cnn import ResCNN, SmallCNN, conv2d_same
 from jaxdml.models.glam import GLAM
 from jaxdml.models.heads import EmbeddingHead, EmbeddingModel, GeM, l2_normalize, pool
+from jaxdml.models.mobilenet import (
+                                        MobileNetV2,
+                                        load_mobilenet_v2,
+                                        mobilenet_v2,
+                                        mobilenet_v2_variables_from_torch,
+)
 from jaxdml.models.multiscale import multiscale_descriptor, resize_bilinear
 from jaxdml.models.registry import BACKBONES, backbone_from_name, with_backbone_weights
 from jaxdml.models.resnet import (
@@ -38,7 +44,8 @@ from jaxdml.models.vit import (
 )
 from jaxdml.models.weights import load_state_dict
 
-__all__ = ["GLAM", "multiscale_descriptor", "resize_bilinear",
+__all__ = ["GLAM", "multiscale_descriptor", "resize_bilinear", "MobileNetV2", "load_mobilenet_v2",
+           "mobilenet_v2", "mobilenet_v2_variables_from_torch",
            "SmallCNN", "conv2d_same", "GeM", "EmbeddingHead", "EmbeddingModel", "l2_normalize",
            "pool", "BACKBONES", "backbone_from_name", "with_backbone_weights", "ResNet",
            "load_resnet", "resnet", "resnet18", "resnet34", "resnet50", "resnet101",

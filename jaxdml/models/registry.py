@@ -48,8 +48,14 @@ def _vit_entry(name: str, dtype) -> tuple[nn.Module, Loader]:
   return model, load
 
 
+def _mobilenet_entry(frozen_bn: bool, dtype) -> tuple[nn.Module, Loader]:
+  _mnv2 = _module("mobilenet")
+  model = _mnv2.MobileNetV2(frozen_bn=frozen_bn, dtype=dtype)
+  return model, lambda path: _mnv2.mobilenet_v2_variables_from_torch(load_state_dict(path), model)
+
+
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "bn_inception",
-             "vit_small_patch16", "deit_small_patch16")
+             "vit_small_patch16", "deit_small_patch16", "mobilenet_v2")
 
 
 def backbone_from_name(name: str, *, frozen_bn: bool = False, dtype: Any = jnp.float32
@@ -59,7 +65,8 @@ def backbone_from_name(name: str, *, frozen_bn: bool = False, dtype: Any = jnp.f
   Args:
     name: one of `BACKBONES`.
     frozen_bn: batch norm in inference mode with fixed affine parameters (CNNs; the DML
-      convention for ImageNet-pretrained ResNet / BN-Inception). Ignored by ViTs (no batch norm).
+      convention for ImageNet-pretrained ResNet / BN-Inception / MobileNetV2). Ignored by ViTs
+      (no batch norm).
     dtype: computation dtype (parameters stay float32).
   """
   if name.startswith("resnet") and name[6:].isdigit():
@@ -68,6 +75,8 @@ def backbone_from_name(name: str, *, frozen_bn: bool = False, dtype: Any = jnp.f
     return _bn_inception_entry(frozen_bn, dtype)
   if name in ("vit_small_patch16", "deit_small_patch16"):
     return _vit_entry(name, dtype)
+  if name == "mobilenet_v2":
+    return _mobilenet_entry(frozen_bn, dtype)
   raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONES}.")
 
 

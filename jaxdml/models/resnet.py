@@ -35,8 +35,6 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import traverse_util
 
 from jaxdml.models import weights
 from jaxdml.models.layers import BatchNorm
@@ -280,15 +278,6 @@ def resnet101(**kwargs: Any) -> ResNet:
 
 # ------------------------------------------------------------------------------- torchvision import
 
-_LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-                  "var": "running_var"}
-
-
-def _torch_key(path: tuple[str, ...]) -> str:
-  """("layer1_0", "downsample_0", "kernel") -> "layer1.0.downsample.0.weight"."""
-  return ".".join([p.replace("_", ".") for p in path[:-1]] + [_LEAF_TO_TORCH[path[-1]]])
-
-
 def _ignored(key: str) -> bool:
   return key.startswith("fc.") or key.endswith("num_batches_tracked")
 
@@ -320,23 +309,8 @@ def resnet_variables_from_torch(state_dict: Mapping[str, Any], depth_or_model: i
     raise TypeError(f"depth_or_model must be an int or a ResNet, got {type(model).__name__}.")
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
                                              train=False))
-  sd = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else v for k, v in state_dict.items()}
-  flat, used = {}, set()
-  for path, leaf in traverse_util.flatten_dict(shapes).items():
-    collection, mod_path = path[0], path[1:]
-    key = _torch_key(mod_path)
-    if mod_path[-1] == "kernel":  # HWIO in Flax, OIHW in PyTorch
-      h, w, i, o = leaf.shape
-      value = weights.take(sd, key, (o, i, h, w)).transpose(2, 3, 1, 0)
-    else:
-      value = weights.take(sd, key, leaf.shape)
-    flat[(collection, *mod_path)] = jnp.array(np.array(value, np.float32))  # no aliasing
-    used.add(key)
-  unused = sorted(k for k in sd if k not in used and not _ignored(k))
-  if strict and unused:
-    raise KeyError(f"{len(unused)} weight(s) in the state dict are not used by the model "
-                   f"(wrong depth or prefix? pass strict=False to ignore): {unused[:8]}")
-  return traverse_util.unflatten_dict(flat)
+  return weights.conv_variables_from_torch(shapes, state_dict, ignored=_ignored, strict=strict,
+                                           hint="wrong depth or prefix?")
 
 
 def load_resnet(path: str | os.PathLike, depth: int | ResNet = 50, *,

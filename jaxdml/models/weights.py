@@ -19,7 +19,8 @@ import importlib.util
 import json
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -185,3 +186,48 @@ def take(sd: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...] | None 
   if shape is not None and tuple(value.shape) != tuple(shape):
     raise ValueError(f"weight {name!r} has shape {value.shape}, expected {tuple(shape)}.")
   return value
+
+
+#: Flax leaf name -> PyTorch parameter / buffer name
+LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+                 "var": "running_var"}
+
+
+def torch_key(path: tuple[str, ...]) -> str:
+  """A Flax variable path whose module names spell PyTorch's with "_" for ".", as the CNNs here
+  name them: ("layer1_0", "downsample_0", "kernel") -> "layer1.0.downsample.0.weight"."""
+  return ".".join([p.replace("_", ".") for p in path[:-1]] + [LEAF_TO_TORCH[path[-1]]])
+
+
+def conv_variables_from_torch(shapes: Any, state_dict: Mapping[str, Any], *,
+                              ignored: Callable[[str], bool], strict: bool = True,
+                              what: str = "the model",
+                              hint: str = "another configuration or prefix?") -> dict[str, Any]:
+  """Flax variables of the structure `shapes` (`jax.eval_shape` of an init) from a state dict
+  keyed by `torch_key`: kernels transposed from OIHW to HWIO (a depthwise [C, 1, k, k] becomes
+  [k, k, 1, C]), other leaves as they are, float32 copies.
+
+  Raises:
+    KeyError: a weight is missing, or (strict) a name other than the `ignored` ones is unused.
+    ValueError: a weight has the wrong shape.
+  """
+  import jax.numpy as jnp  # noqa: PLC0415
+  from flax import traverse_util  # noqa: PLC0415
+
+  sd = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else v for k, v in state_dict.items()}
+  flat, used = {}, set()
+  for path, leaf in traverse_util.flatten_dict(shapes).items():
+    collection, mod_path = path[0], path[1:]
+    key = torch_key(mod_path)
+    if mod_path[-1] == "kernel":  # HWIO in Flax, OIHW in PyTorch
+      h, w, i, o = leaf.shape
+      value = take(sd, key, (o, i, h, w)).transpose(2, 3, 1, 0)
+    else:
+      value = take(sd, key, leaf.shape)
+    flat[(collection, *mod_path)] = jnp.array(np.array(value, np.float32))  # no aliasing
+    used.add(key)
+  unused = sorted(k for k in sd if k not in used and not ignored(k))
+  if strict and unused:
+    raise KeyError(f"{len(unused)} weight(s) in the state dict are not used by {what} "
+                   f"({hint} pass strict=False to ignore): {unused[:8]}")
+  return traverse_util.unflatten_dict(flat)

@@ -169,6 +169,24 @@ def test_the_method_runs_at_their_published_settings():
     recipes.glyph_hier("linear", 0.5)
 
 
+def test_the_glam_recipes_switch_exactly_their_branches():
+  branches = ("local_channel", "local_spatial", "global_channel", "global_spatial")
+  base = recipes.glyph_glam("baseline")
+  assert base.model.neck is None and base.model.pooling == "gem"
+  assert (base.model.embedding_dim, base.data.glyphs.size) == (512, 64)
+  assert (base.objective.loss, base.objective.loss_kwargs) == ("arcface",
+                                                               {"margin": 0.3, "scale": 30.0})
+  assert base.data.glyphs.instance_landmarks == 200 and base.data.sampler == "random"
+  for variant, on in recipes.GLYPH_GLAM_VARIANTS.items():
+    c = recipes.glyph_glam(variant)
+    assert dataclasses.replace(c, name=base.name, model=base.model) == base, variant
+    if on:
+      assert c.model.neck == "glam" and {b for b in branches if c.model.neck_kwargs[b]} == set(on)
+  assert len(recipes.GLYPH_GLAM_VARIANTS["global_local"]) == 4
+  with pytest.raises(ValueError, match="variant must be one of"):
+    recipes.glyph_glam("everything")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   from jaxdml.app.experiment import run

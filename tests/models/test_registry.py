@@ -10,7 +10,8 @@ from jaxdml.models import backbone_from_name, with_backbone_weights
 @pytest.mark.parametrize("name,cls", [("resnet18", models.ResNet), ("resnet50", models.ResNet),
                                       ("bn_inception", models.BNInception),
                                       ("vit_small_patch16", models.VisionTransformer),
-                                      ("deit_small_patch16", models.VisionTransformer)])
+                                      ("deit_small_patch16", models.VisionTransformer),
+                                      ("mobilenet_v2", models.MobileNetV2)])
 def test_backbones_by_name(name, cls):
   backbone, load = backbone_from_name(name, frozen_bn=True, dtype=jnp.bfloat16)
   assert isinstance(backbone, cls) and callable(load)
