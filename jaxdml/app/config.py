@@ -51,7 +51,7 @@ from jaxdml import methods, objectives
 DATASETS = ("digit_pairs", "glyphs", "cub200", "cars196", "sop", "inshop", "image_folder",
             "dyml_vehicle", "dyml_animal", "dyml_product")
 MODELS = ("small_cnn", "res_cnn", "resnet18", "resnet34", "resnet50", "resnet101", "bn_inception",
-          "vit_small_patch16", "deit_small_patch16", "mobilenet_v2")
+          "vit_small_patch16", "deit_small_patch16", "mobilenet_v2", "efficientnet_b3")
 
 _SECTION = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 #: the built-in benchmarks (in memory, generated offline) and the small networks made for them
@@ -197,7 +197,7 @@ class ModelConfig:
       "glam"), or None; CNN backbones and res_cnn.
     neck_kwargs: the neck's settings (its attributes, checked by name), e.g.
       `model.neck_kwargs.global_spatial=false`.
-    frozen_bn, layer_norm, normalize_embeddings: batch norm frozen (resnet*, bn_inception), a
+    frozen_bn, layer_norm, normalize_embeddings: batch norm frozen (the CNN backbones), a
       layer norm after the embedding layer (image backbones), L2-normalised output (Euclidean
       head).
     compute_dtype: "float32" or "bfloat16" (image backbones).

@@ -13,6 +13,12 @@ from jaxdml.models.bn_inception import (
                                         load_bn_inception,
 )
 from jaxdml.models.cnn import ResCNN, SmallCNN, conv2d_same
+from jaxdml.models.efficientnet import (
+                                        EfficientNet,
+                                        efficientnet_b3,
+                                        efficientnet_variables_from_timm,
+                                        load_efficientnet,
+)
 from jaxdml.models.glam import GLAM
 from jaxdml.models.heads import EmbeddingHead, EmbeddingModel, GeM, l2_normalize, pool
 from jaxdml.models.mobilenet import (
@@ -44,8 +50,9 @@ from jaxdml.models.vit import (
 )
 from jaxdml.models.weights import load_state_dict
 
-__all__ = ["GLAM", "multiscale_descriptor", "resize_bilinear", "MobileNetV2", "load_mobilenet_v2",
-           "mobilenet_v2", "mobilenet_v2_variables_from_torch",
+__all__ = ["EfficientNet", "efficientnet_b3", "efficientnet_variables_from_timm",
+           "load_efficientnet", "GLAM", "multiscale_descriptor", "resize_bilinear", "MobileNetV2",
+           "load_mobilenet_v2", "mobilenet_v2", "mobilenet_v2_variables_from_torch",
            "SmallCNN", "conv2d_same", "GeM", "EmbeddingHead", "EmbeddingModel", "l2_normalize",
            "pool", "BACKBONES", "backbone_from_name", "with_backbone_weights", "ResNet",
            "load_resnet", "resnet", "resnet18", "resnet34", "resnet50", "resnet101",

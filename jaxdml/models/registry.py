@@ -54,8 +54,14 @@ def _mobilenet_entry(frozen_bn: bool, dtype) -> tuple[nn.Module, Loader]:
   return model, lambda path: _mnv2.mobilenet_v2_variables_from_torch(load_state_dict(path), model)
 
 
+def _efficientnet_entry(variant: str, frozen_bn: bool, dtype) -> tuple[nn.Module, Loader]:
+  _eff = _module("efficientnet")
+  model = _eff.EfficientNet(variant=variant, frozen_bn=frozen_bn, dtype=dtype)
+  return model, lambda path: _eff.efficientnet_variables_from_timm(load_state_dict(path), model)
+
+
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "bn_inception",
-             "vit_small_patch16", "deit_small_patch16", "mobilenet_v2")
+             "vit_small_patch16", "deit_small_patch16", "mobilenet_v2", "efficientnet_b3")
 
 
 def backbone_from_name(name: str, *, frozen_bn: bool = False, dtype: Any = jnp.float32
@@ -77,6 +83,8 @@ def backbone_from_name(name: str, *, frozen_bn: bool = False, dtype: Any = jnp.f
     return _vit_entry(name, dtype)
   if name == "mobilenet_v2":
     return _mobilenet_entry(frozen_bn, dtype)
+  if name == "efficientnet_b3":  # timm's tf_efficientnet_b3 (TF padding, BN eps 1e-3)
+    return _efficientnet_entry("b3", frozen_bn, dtype)
   raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONES}.")
 
 

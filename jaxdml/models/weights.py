@@ -202,10 +202,12 @@ def torch_key(path: tuple[str, ...]) -> str:
 def conv_variables_from_torch(shapes: Any, state_dict: Mapping[str, Any], *,
                               ignored: Callable[[str], bool], strict: bool = True,
                               what: str = "the model",
-                              hint: str = "another configuration or prefix?") -> dict[str, Any]:
+                              hint: str = "another configuration or prefix?",
+                              key_of: Callable[[tuple[str, ...]], str] = torch_key
+                              ) -> dict[str, Any]:
   """Flax variables of the structure `shapes` (`jax.eval_shape` of an init) from a state dict
-  keyed by `torch_key`: kernels transposed from OIHW to HWIO (a depthwise [C, 1, k, k] becomes
-  [k, k, 1, C]), other leaves as they are, float32 copies.
+  keyed by `key_of(path)` (default `torch_key`): kernels transposed from OIHW to HWIO (a
+  depthwise [C, 1, k, k] becomes [k, k, 1, C]), other leaves as they are, float32 copies.
 
   Raises:
     KeyError: a weight is missing, or (strict) a name other than the `ignored` ones is unused.
@@ -218,7 +220,7 @@ def conv_variables_from_torch(shapes: Any, state_dict: Mapping[str, Any], *,
   flat, used = {}, set()
   for path, leaf in traverse_util.flatten_dict(shapes).items():
     collection, mod_path = path[0], path[1:]
-    key = torch_key(mod_path)
+    key = key_of(mod_path)
     if mod_path[-1] == "kernel":  # HWIO in Flax, OIHW in PyTorch
       h, w, i, o = leaf.shape
       value = take(sd, key, (o, i, h, w)).transpose(2, 3, 1, 0)

@@ -11,7 +11,8 @@ from jaxdml.models import backbone_from_name, with_backbone_weights
                                       ("bn_inception", models.BNInception),
                                       ("vit_small_patch16", models.VisionTransformer),
                                       ("deit_small_patch16", models.VisionTransformer),
-                                      ("mobilenet_v2", models.MobileNetV2)])
+                                      ("mobilenet_v2", models.MobileNetV2),
+                                      ("efficientnet_b3", models.EfficientNet)])
 def test_backbones_by_name(name, cls):
   backbone, load = backbone_from_name(name, frozen_bn=True, dtype=jnp.bfloat16)
   assert isinstance(backbone, cls) and callable(load)
