@@ -102,9 +102,17 @@ def build_model(config: Config):
   if m.head == "hyperbolic":  # HIER / Hyp-ViT: LayerNorm -> orthogonal linear -> ball
     head = {"pre_layer_norm": True, "head_init": "orthogonal", "normalize": False,
             "poincare_c": m.poincare_c, "clip_r": m.clip_r}
+  if not m.embedding_layer:  # the pooled map is the descriptor: its channels are the size
+    channels = getattr(neck, "features", None) if neck is not None else None
+    if channels is None and (neck is None or m.neck == "glam"):  # GLAM keeps the channels
+      channels = getattr(backbone, "out_features", None)
+    if channels is not None and channels != m.embedding_dim:
+      raise ValueError(f"model.embedding_layer=false makes the pooled {channels}-channel map the "
+                       f"descriptor, but model.embedding_dim={m.embedding_dim}; set it to "
+                       f"{channels} (or project with model.neck=projection).")
   model = models.EmbeddingModel(backbone=backbone, pooling=pooling,
-                                embedding_dim=m.embedding_dim, layer_norm=m.layer_norm,
-                                neck=neck, **head)
+                                embedding_dim=m.embedding_dim if m.embedding_layer else None,
+                                layer_norm=m.layer_norm, neck=neck, **head)
 
   if m.pretrained:  # a wrong path or a corrupt file is reported now, not when training starts
     check_weight_file(m.pretrained)

@@ -197,6 +197,9 @@ class ModelConfig:
       "glam"), or None; CNN backbones and res_cnn.
     neck_kwargs: the neck's settings (its attributes, checked by name), e.g.
       `model.neck_kwargs.global_spatial=false`.
+    embedding_layer: the linear layer after the pooling (image backbones); false makes the
+      pooled (and normalised) map the descriptor, as cirtorch's GeM networks and AML's
+      students (`model.neck=projection`) have it; `embedding_dim` must then be its channels.
     frozen_bn, layer_norm, normalize_embeddings: batch norm frozen (the CNN backbones), a
       layer norm after the embedding layer (image backbones), L2-normalised output (Euclidean
       head).
@@ -224,6 +227,7 @@ class ModelConfig:
   clip_r: float = 2.3
   neck: str | None = None
   neck_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  embedding_layer: bool = True
 
   def __post_init__(self):
     _at_least(self, ("embedding_dim",))
@@ -271,6 +275,9 @@ def _unused_model_option(m: ModelConfig) -> str | None:
     if m.name == "res_cnn" and m.pooling not in (None, *CNN_POOLING):
       return (f"model.pooling={m.pooling!r} pools a ViT's tokens; res_cnn gives a feature map: "
               f"model.pooling must be one of {', '.join(CNN_POOLING)} (or unset: avg+max).")
+    if not m.embedding_layer:
+      return (f"{what}'s head is its own; model.embedding_layer applies to the image "
+              f"backbones, unset it{_ORDER_HINT}.")
     why = {"frozen_bn": (f"{what} has no batch norm" if m.name == "small_cnn" else
                          f"{what} is trained from scratch (no pretrained batch norm to freeze)"),
            "layer_norm": f"{what}'s head has no layer norm",
@@ -292,6 +299,9 @@ def _unused_model_option(m: ModelConfig) -> str | None:
     if m.name not in VIT_MODELS and m.pooling not in (None, *CNN_POOLING):
       return (f"model.pooling={m.pooling!r} pools a ViT's tokens; {m.name} gives a feature map: "
               f"model.pooling must be one of {', '.join(CNN_POOLING)} (or unset: avg).")
+  if m.head == "hyperbolic" and not m.embedding_layer:
+    return ("the hyperbolic head maps the pooled features through its own linear layer into "
+            "the ball, so model.embedding_layer=false does not apply to it; unset it.")
   if m.head != "hyperbolic":
     for name in ("poincare_c", "clip_r"):
       if changed(name):

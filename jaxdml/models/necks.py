@@ -14,11 +14,41 @@ import difflib
 from typing import Any, Mapping
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from jaxdml.models.glam import GLAM
 
+
+class Projection(nn.Module):
+  """A bias-free 1 x 1 convolution to `features` channels, then ReLU: AML's students map their
+  last feature map to the teacher's dimension this way before GeM and L2 (so the descriptor is
+  the pooled map itself: `model.embedding_layer=false`).
+
+  Attributes:
+    features: output channels (the teacher's descriptor size, e.g. 2048 for ResNet-101 GeM).
+    dtype: computation dtype (the kernel is stored in float32).
+  """
+
+  features: int = 2048
+  dtype: Any = None
+
+  def check_settings(self) -> None:
+    """Raises ValueError when `features` is not a positive integer."""
+    if isinstance(self.features, bool) or not isinstance(self.features, int) or (
+        self.features < 1):
+      raise ValueError(f"features must be a positive integer, got {self.features!r}.")
+
+  @nn.compact
+  def __call__(self, x):
+    self.check_settings()
+    y = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                name="conv")(x)
+    return nn.relu(y)
+
+
 #: neck name -> Flax module class (its dataclass fields are the settings)
-NECKS: dict[str, type[nn.Module]] = {"glam": GLAM}
+NECKS: dict[str, type[nn.Module]] = {"glam": GLAM, "projection": Projection}
 
 #: module fields that are not settings (a neck computes in the model's `compute_dtype`)
 _INTERNAL = ("parent", "name", "dtype")

@@ -32,7 +32,7 @@ def test_settings_are_the_module_fields_less_the_internal_ones():
   s = neck_settings("glam")
   assert set(s) == {f for f in GLAM.__dataclass_fields__} - {"parent", "name", "dtype"}
   assert s["dilations"] == (1, 3, 5) and s["softmax_axis"] == "key"
-  assert set(NECKS) == {"glam"}
+  assert set(NECKS) == {"glam", "projection"} and neck_settings("projection") == {"features": 2048}
 
 
 def test_lists_become_tuples_and_overrides_apply():
@@ -125,3 +125,41 @@ def test_config_builds_the_neck_and_round_trips():
 def test_config_errors_name_the_field(overrides, match):
   with pytest.raises(ConfigError, match=match):
     apply_overrides(Config(), overrides)
+
+
+def test_projection_neck_and_a_descriptor_without_embedding_layer():
+  """AML's student: backbone, 1 x 1 projection (no bias) + ReLU, GeM, L2, no linear layer."""
+  c = apply_overrides(Config(), ["data.dataset=cub200", "model.name=resnet18",
+                                 "model.neck=projection", "model.neck_kwargs.features=24",
+                                 "model.embedding_layer=false", "model.embedding_dim=24",
+                                 "model.pooling=gem"])
+  model, _ = build.build_model(c)
+  x = jax.random.normal(jax.random.key(5), (2, 64, 64, 3))
+  v = model.init(jax.random.key(6), x, train=False)
+  assert set(v["params"]) == {"backbone", "neck", "gem"}  # no embedding layer
+  assert v["params"]["neck"]["conv"]["kernel"].shape == (1, 1, 512, 24)
+  out = model.apply(v, x, train=False)
+  np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+  feats = model.apply(v, x, train=False, method="features")
+  assert feats.shape[-1] == 24 and float(feats.min()) >= 0.0  # after the ReLU
+  gem = np.mean(np.maximum(np.asarray(feats, np.float64), 1e-6) ** 3, axis=(1, 2)) ** (1 / 3)
+  np.testing.assert_allclose(out, gem / np.linalg.norm(gem, axis=1, keepdims=True), rtol=1e-4)
+  plain, _ = build.build_model(apply_overrides(Config(), [
+      "data.dataset=cub200", "model.name=resnet18", "model.embedding_layer=false",
+      "model.embedding_dim=512"]))
+  assert plain.embedding_dim is None
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["data.dataset=cub200", "model.name=resnet18", "model.embedding_layer=false"],
+     r"pooled 512-channel map the descriptor, but model.embedding_dim=128"),
+    (["data.dataset=cub200", "model.name=resnet18", "model.neck=projection",
+      "model.neck_kwargs.features=32", "model.embedding_layer=false"],
+     r"pooled 32-channel map"),
+    (["model.name=res_cnn", "model.embedding_layer=false"], "model.embedding_layer applies to"),
+    (["data.dataset=cub200", "model.name=resnet18", "model.neck=projection",
+      "model.neck_kwargs.features=0"], "features must be a positive integer"),
+])
+def test_descriptor_size_errors(overrides, match):
+  with pytest.raises((ConfigError, ValueError), match=match):
+    build.build_model(apply_overrides(Config(), overrides))
