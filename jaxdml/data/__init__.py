@@ -7,7 +7,12 @@ demand: importing it registers "deepfashion_inshop" and "dyml" with TFDS).
 from jaxdml.data import transforms
 from jaxdml.data.digits import DigitPairs, make_digit_pairs
 from jaxdml.data.glyphs import GlyphInstances, Glyphs, make_glyph_instances, make_glyphs
-from jaxdml.data.samplers import class_balanced_batches, random_batches
+from jaxdml.data.samplers import (
+    aspect_ratio_batches,
+    bucket_shape,
+    class_balanced_batches,
+    random_batches,
+)
 from jaxdml.data.sources import (
   ArraySource,
   ImageFolderSource,
@@ -32,4 +37,4 @@ __all__ = ["transforms", "DigitPairs", "make_digit_pairs", "Glyphs", "make_glyph
            "GlyphInstances", "make_glyph_instances", "MPerClassSampler", "make_eval_loader",
            "make_train_loader", "class_balanced_batches", "ArraySource", "ImageFolderSource",
            "SubsetSource", "TFDSSource", "dml_split", "relabel", "UndecodableImagesError",
-           "verify_images", "random_batches"]
+           "verify_images", "random_batches", "aspect_ratio_batches", "bucket_shape"]

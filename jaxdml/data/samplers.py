@@ -114,3 +114,86 @@ def random_batches(
   cuts = [rng.permutation(num_examples)[:used].reshape(per_epoch, batch_size)
           for _ in range(epochs)]
   return np.concatenate(cuts)[:num_batches].astype(np.int32)
+
+
+def aspect_ratio_batches(
+    widths: np.ndarray,
+    heights: np.ndarray,
+    batch_size: int,
+    *,
+    num_buckets: int = 4,
+    num_batches: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Shuffled batches whose images have similar aspect ratios, to be resized to one shape each.
+
+  Landmark retrieval trains on whole images of any shape (GLAM, after Yokoo et al. 2020): the
+  images of a batch are resized jointly to one shape, so each batch is drawn from one group of
+  similar aspect ratios. The groups are `num_buckets` quantile buckets of `log(w / h)` (equal
+  counts, so no group is starved). Each epoch's worth shuffles every bucket, cuts it into full
+  batches (its last partial batch dropped, as `drop_last`) and shuffles the batches of all
+  buckets together; further epochs come from further shuffles of the same generator.
+
+  Args:
+    widths, heights: [N] image sizes in pixels (> 0).
+    batch_size: images per batch (<= the smallest bucket's size).
+    num_buckets: aspect-ratio groups (1: plain random batches).
+    num_batches: batches to produce; default one epoch's worth.
+    seed: numpy seed.
+
+  Returns:
+    (batches int32 [num_batches, batch_size], bucket int32 [num_batches], ratios float64
+    [num_buckets]): each batch's indices, its bucket, and each bucket's median w / h (the
+    shape to resize its images to: `bucket_shape`).
+  """
+  w, h = np.asarray(widths, np.float64), np.asarray(heights, np.float64)
+  if w.ndim != 1 or w.shape != h.shape:
+    raise ValueError(f"widths and heights must be [N] arrays of one length, got {w.shape} and "
+                     f"{h.shape}.")
+  if len(w) == 0 or np.any(~(w > 0)) or np.any(~(h > 0)):
+    raise ValueError("widths and heights must be positive (and there must be images).")
+  _checks.positive_int(batch_size, "batch_size")
+  _checks.positive_int(num_buckets, "num_buckets")
+  log_r = np.log(w / h)
+  order = np.argsort(log_r, kind="stable")
+  buckets = np.array_split(order, num_buckets)  # equal counts, contiguous ratios
+  smallest = min(len(b) for b in buckets)
+  if batch_size > smallest:
+    raise ValueError(f"batch_size={batch_size} exceeds the smallest aspect-ratio bucket "
+                     f"({smallest} images of {len(w)} in {num_buckets} buckets); use fewer "
+                     "buckets or smaller batches.")
+  ratios = np.array([float(np.exp(np.median(log_r[b]))) for b in buckets])
+  per_epoch = sum(len(b) // batch_size for b in buckets)
+  if num_batches is None:
+    num_batches = per_epoch
+  _checks.positive_int(num_batches, "num_batches")
+  rng = np.random.default_rng(seed)
+  out, which = [], []
+  while len(out) < num_batches:
+    epoch, tags = [], []
+    for k, members in enumerate(buckets):
+      cut = rng.permutation(members)
+      full = len(cut) // batch_size
+      epoch += list(cut[:full * batch_size].reshape(full, batch_size))
+      tags += [k] * full
+    perm = rng.permutation(len(epoch))
+    out += [epoch[i] for i in perm]
+    which += [tags[i] for i in perm]
+  return (np.stack(out[:num_batches]).astype(np.int32), np.asarray(which[:num_batches], np.int32),
+          ratios)
+
+
+def bucket_shape(ratio: float, size: int, *, multiple: int = 32) -> tuple[int, int]:
+  """(height, width) for an aspect ratio w / h with the longer side `size`, both sides rounded
+  to a multiple of `multiple` (at least one multiple), as a CNN's total stride wants.
+
+  >>> bucket_shape(1.5, 512), bucket_shape(0.75, 512), bucket_shape(1.0, 500)
+  ((352, 512), (512, 384), (512, 512))
+  """
+  _checks.positive_int(size, "size")
+  _checks.positive_int(multiple, "multiple")
+  if not ratio > 0:
+    raise ValueError(f"ratio must be > 0, got {ratio}.")
+  snap = lambda v: max(multiple, int(round(v / multiple)) * multiple)  # noqa: E731
+  long = snap(size)
+  return (long, snap(size * ratio)) if ratio < 1 else (snap(size / ratio), long)
