@@ -128,16 +128,17 @@ def test_layout_and_errors():
 
 def test_a_config_trains_from_a_torchvision_file(tmp_path):
   """`model.name=mobilenet_v2` with `model.pretrained` a torchvision state dict (.npz here): the
-  embedding model's features are the PyTorch network's."""
+  embedding model's backbone is the PyTorch network."""
   from jaxdml.app import build
   from jaxdml.app.config import Config, apply_overrides
 
   net = _torch_net(1.0).eval()
   path = tmp_path / "mobilenet_v2.npz"
   np.savez(path, **{k: v.numpy() for k, v in net.state_dict().items()})
-  config = apply_overrides(Config(), ["data.dataset=cub200", "model.name=mobilenet_v2",
-                                      f"model.pretrained={path}", "model.pooling=gem",
-                                      "model.neck=glam"])
+  config = apply_overrides(Config(), [  # AML's student: projection to 64, GeM, L2
+      "data.dataset=cub200", "model.name=mobilenet_v2", f"model.pretrained={path}",
+      "model.pooling=gem", "model.neck=projection", "model.neck_kwargs.features=64",
+      "model.embedding_layer=false", "model.embedding_dim=64"])
   model, load_pretrained = build.build_model(config)
   x = np.random.default_rng(2).normal(size=(1, 3, 64, 64)).astype(np.float32)
   xj = jnp.asarray(x.transpose(0, 2, 3, 1))
