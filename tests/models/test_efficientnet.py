@@ -22,6 +22,7 @@ from jaxdml.models.mobilenet import make_divisible
 torch = pytest.importorskip("torch")
 tnn = torch.nn
 F = torch.nn.functional
+from torch_reference import randomize_batchnorm  # noqa: E402
 
 
 class _SameConv(tnn.Conv2d):
@@ -118,16 +119,7 @@ class _TorchEfficientNet(tnn.Module):
 
 
 def _randomised(net, seed=0):
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():  # non-trivial batch-norm statistics and affine maps
-    for m in net.modules():
-      if isinstance(m, tnn.BatchNorm2d):
-        c = m.num_features
-        m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-        m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-        m.weight.copy_(0.5 + torch.rand(c, generator=g))
-        m.bias.copy_(0.1 * torch.randn(c, generator=g))
-  return net
+  return randomize_batchnorm(net, torch.Generator().manual_seed(seed))
 
 
 def _compare(net, model, x, train=False):

@@ -17,6 +17,7 @@ from jaxdml.models.mobilenet import (
 
 torch = pytest.importorskip("torch")
 tnn = torch.nn
+from torch_reference import randomize_batchnorm  # noqa: E402
 
 
 def _cbr(i, o, k, s, groups=1):
@@ -62,17 +63,7 @@ class _TorchMobileNetV2(tnn.Module):
 
 def _torch_net(width, seed=0):
   torch.manual_seed(seed)
-  net = _TorchMobileNetV2(width)
-  g = torch.Generator().manual_seed(seed + 1)
-  with torch.no_grad():  # non-trivial batch-norm statistics and affine maps
-    for m in net.modules():
-      if isinstance(m, tnn.BatchNorm2d):
-        c = m.num_features
-        m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-        m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-        m.weight.copy_(0.5 + torch.rand(c, generator=g))
-        m.bias.copy_(0.1 * torch.randn(c, generator=g))
-  return net
+  return randomize_batchnorm(_TorchMobileNetV2(width), torch.Generator().manual_seed(seed + 1))
 
 
 @pytest.mark.parametrize("width,shape", [(1.0, (2, 64, 64)), (0.5, (1, 67, 45))])
