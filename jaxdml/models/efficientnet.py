@@ -37,7 +37,7 @@ Array = jax.Array
 B0_STAGES = (("ds", 1, 3, 1, 1, 16), ("ir", 2, 3, 2, 6, 24), ("ir", 2, 5, 2, 6, 40),
              ("ir", 3, 3, 2, 6, 80), ("ir", 3, 5, 1, 6, 112), ("ir", 4, 5, 2, 6, 192),
              ("ir", 1, 3, 1, 6, 320))
-#: (width, depth) multipliers of the variants
+#: (width, depth) multipliers of the variants (the tests check B0 and B3)
 SCALING = {"b0": (1.0, 1.0), "b1": (1.0, 1.1), "b2": (1.1, 1.2), "b3": (1.2, 1.4),
            "b4": (1.4, 1.8), "b5": (1.6, 2.2)}
 SE_RATIO = 0.25
