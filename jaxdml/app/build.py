@@ -90,12 +90,12 @@ def build_model(config: Config):
            "poincare_c": m.poincare_c, "clip_r": m.clip_r}
   if m.name == "small_cnn":
     return models.SmallCNN(**small), (lambda v: v)
-  neck = None if m.neck is None else neck_from_name(m.neck, m.neck_kwargs)
+  # the res_cnn computes in float32 only; an image backbone's neck follows compute_dtype
+  neck = None if m.neck is None else neck_from_name(m.neck, m.neck_kwargs, dtype=(
+      jnp.float32 if m.name == "res_cnn" else dtype))
   if m.name == "res_cnn":
     return models.ResCNN(**small, pooling=m.pooling or "avg+max", neck=neck), (lambda v: v)
   from jaxdml.models.weights import check_weight_file  # noqa: PLC0415
-  if neck is not None:
-    neck = neck_from_name(m.neck, m.neck_kwargs, dtype=dtype)
   backbone, load = models.backbone_from_name(m.name, frozen_bn=m.frozen_bn, dtype=dtype)
   pooling = m.pooling or ("cls" if "patch16" in m.name else "avg")
   head = {"normalize": m.normalize_embeddings}
