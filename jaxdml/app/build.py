@@ -94,7 +94,11 @@ def build_model(config: Config):
   neck = None if m.neck is None else neck_from_name(m.neck, m.neck_kwargs, dtype=(
       jnp.float32 if m.name == "res_cnn" else dtype))
   if m.name == "res_cnn":
-    return models.ResCNN(**small, pooling=m.pooling or "avg+max", neck=neck), (lambda v: v)
+    widths = (16, 32, 64) if m.widths is None else tuple(m.widths)
+    layout = {"widths": widths, "blocks": (1,) * len(widths) if m.blocks is None else tuple(
+        m.blocks)}
+    return models.ResCNN(**small, pooling=m.pooling or "avg+max", neck=neck, **layout), (
+        lambda v: v)
   from jaxdml.models.weights import check_weight_file  # noqa: PLC0415
   backbone, load = models.backbone_from_name(m.name, frozen_bn=m.frozen_bn, dtype=dtype)
   pooling = m.pooling or ("cls" if "patch16" in m.name else "avg")

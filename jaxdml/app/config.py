@@ -207,6 +207,9 @@ class ModelConfig:
     conv_impl: the small CNN's convolutions, "im2col" (fast on CPU) or "xla".
     head: "linear" (L2-normalised) or "hyperbolic" (Poincare ball: HIER, Hyp-ViT).
     poincare_c, clip_r: the hyperbolic head's ball and feature clipping.
+    widths, blocks: res_cnn's channels and residual blocks per stage (None: its default
+      (16, 32, 64), and one block per stage); images must have sides that are multiples of
+      2 ** (len(widths) + 1), e.g. two stages for the 8 x 16 digit pairs.
 
   An option that the chosen model (or head) does not use is an error when it is set to other
   than its default, e.g. `model.frozen_bn=true` with small_cnn or `model.conv_impl=xla` with
@@ -228,9 +231,20 @@ class ModelConfig:
   neck: str | None = None
   neck_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
   embedding_layer: bool = True
+  widths: tuple[int, ...] | None = None
+  blocks: tuple[int, ...] | None = None
 
   def __post_init__(self):
     _at_least(self, ("embedding_dim",))
+    for name in ("widths", "blocks"):
+      value = getattr(self, name)
+      if value is not None and (not value or any(v < 1 for v in value)):
+        raise ValueError(f"model.{name} must be a non-empty list of ints >= 1, got "
+                         f"{list(value)}.")
+    stages = 3 if self.widths is None else len(self.widths)
+    if self.blocks is not None and len(self.blocks) != stages:
+      raise ValueError(f"model.blocks needs one entry per stage of model.widths ({stages}), got "
+                       f"{list(self.blocks)} (when changing both, set model.widths first).")
     if self.neck is not None:  # unknown names and settings are reported here, by name
       from jaxdml.models.necks import neck_from_name  # noqa: PLC0415
       neck_from_name(self.neck, self.neck_kwargs)
@@ -275,6 +289,9 @@ def _unused_model_option(m: ModelConfig) -> str | None:
     if m.name == "res_cnn" and m.pooling not in (None, *CNN_POOLING):
       return (f"model.pooling={m.pooling!r} pools a ViT's tokens; res_cnn gives a feature map: "
               f"model.pooling must be one of {', '.join(CNN_POOLING)} (or unset: avg+max).")
+    if m.name == "small_cnn" and (m.widths is not None or m.blocks is not None):
+      return (f"{what} has fixed widths; model.widths and model.blocks apply to res_cnn"
+              f"{_ORDER_HINT}.")
     if not m.embedding_layer:
       return (f"{what}'s head is its own; model.embedding_layer applies to the image "
               f"backbones, unset it{_ORDER_HINT}.")
@@ -287,6 +304,9 @@ def _unused_model_option(m: ModelConfig) -> str | None:
         return (f"{reason}, so model.{name} does not apply to {m.name}; unset it"
                 f"{_ORDER_HINT}.")
   else:
+    if m.widths is not None or m.blocks is not None:
+      return (f"model.widths and model.blocks apply to res_cnn; {m.name} has its own layout; "
+              f"unset them{_ORDER_HINT}.")
     if changed("conv_impl"):
       return (f"model.conv_impl applies to {' and '.join(SMALL_MODELS)} only, {m.name} does not "
               f"use it; unset it{_ORDER_HINT}.")

@@ -7,6 +7,8 @@ parameters or state, and `wrap(inner, settings, ...) -> jaxdml.objectives.Object
     analysis.
   - `hier`: hierarchical proxies in the Poincare ball (Kim et al., CVPR 2023) and the
     hyperbolic-ViT pairwise loss (Ermolov et al., CVPR 2022).
+  - `aml`: asymmetric metric learning (Budnik & Avrithis, CVPR 2021): a student trained in a
+    frozen teacher's space.
 
 `BY_NAME` is the one registry configs read (a method's config section is named by its key);
 each entry has `Settings` and `build(inner, settings, setup: objectives.Setup)`. A method used
@@ -15,8 +17,8 @@ from Python alone needs no entry.
 
 from types import MappingProxyType
 
-from jaxdml.methods import das, hier, metrix
+from jaxdml.methods import aml, das, hier, metrix
 
-BY_NAME = MappingProxyType({"das": das, "metrix": metrix, "hier": hier})
+BY_NAME = MappingProxyType({"das": das, "metrix": metrix, "hier": hier, "aml": aml})
 
-__all__ = ["das", "hier", "metrix", "BY_NAME"]
+__all__ = ["aml", "das", "hier", "metrix", "BY_NAME"]

@@ -42,7 +42,11 @@ Reference: M. Budnik, Y. Avrithis, "Asymmetric Metric Learning for Knowledge Tra
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import os
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -152,8 +156,12 @@ def contrastive_loss(query: Array, items: Array, labels: Array, *,
 
 
 def triplet_loss(query: Array, positive: Array, negatives: Array, *,
-                 margin: float = DEFAULT_MARGIN, reduction: str = "sum") -> Array:
+                 margin: float = DEFAULT_MARGIN, reduction: str = "sum",
+                 valid: Array | None = None) -> Array:
   """`sum_n [||q - t_p||^2 - ||q - t_n||^2 + m]_+` per tuple (squared distances; one positive).
+
+  `valid` [B, N] (bool, optional) leaves out the (tuple, negative) terms where it is False (a
+  tuple without a positive, a negative slot the mining could not fill).
 
   >>> q, p = jnp.array([[1.0, 0.0]]), jnp.array([[0.6, 0.8]])  # ||q - p||^2 = 0.8
   >>> round(float(triplet_loss(q, p, jnp.array([[[0.0, 1.0]]]), margin=1.5)), 5)  # 0.8 - 2 + 1.5
@@ -165,7 +173,12 @@ def triplet_loss(query: Array, positive: Array, negatives: Array, *,
   _checks.number(margin, "margin")
   dp = jnp.sum(jnp.square(query - lax.stop_gradient(positive)), axis=-1)
   dn = jnp.sum(jnp.square(query[:, None] - lax.stop_gradient(negatives)), axis=-1)
-  return _reduce(jnp.sum(jax.nn.relu(dp[:, None] - dn + margin), axis=1), reduction)
+  per = jax.nn.relu(dp[:, None] - dn + margin)
+  if valid is not None:
+    if valid.shape != per.shape:
+      raise ValueError(f"`valid` must have shape {per.shape}, got {valid.shape}.")
+    per = jnp.where(valid, per, 0.0)
+  return _reduce(jnp.sum(per, axis=1), reduction)
 
 
 def multi_similarity_loss(query: Array, items: Array, labels: Array, *,
@@ -317,3 +330,360 @@ def _mine(scores: Array, query_clusters: Array, pool_clusters: Array, n: int
     index = jnp.pad(index, ((0, 0), (0, pad)))
     valid = jnp.pad(valid, ((0, 0), (0, pad)))
   return jnp.where(valid, index, 0).astype(jnp.int32), valid
+
+
+# ------------------------------------------------------------------------------------------------
+# AML as an objective of the trainer
+# ------------------------------------------------------------------------------------------------
+
+#: the asymmetric terms `Settings.loss` names: the paper's table (the code's definitions), and
+#: "inner", the inner objective's own loss on the asymmetric similarities
+LOSSES = ("regression", "contrastive", "contrastive_plus", "triplet", "multi_similarity", "rkd",
+          "dark_rank", "inner")
+_TUPLE_LOSSES = ("contrastive", "contrastive_plus", "triplet", "multi_similarity")
+
+
+class Teacher(NamedTuple):
+  """A frozen teacher network: `apply(variables, inputs) -> descriptors [B, dim]` (eval mode, a
+  pure function), its `variables` (carried as the objective's state, never trained), its output
+  `dim`, and the `input_shape` of one input (checked against the batch's; None: not checked).
+
+  `teacher_from_run` makes one from a trained run (`jaxdml.load`).
+  """
+
+  apply: Callable[[Any, Array], Array]
+  variables: Any
+  dim: int
+  input_shape: tuple[int, ...] | None = None
+
+
+def teacher_from_run(run: Any) -> Teacher:
+  """The `Teacher` of a trained run (`jaxdml.load(workdir)`): its model in eval mode.
+
+  Its embeddings must be compared by cosine (AML's space is the sphere of L2-normalised
+  descriptors); a run with a hyperbolic head is refused.
+  """
+  if getattr(run, "similarity", "cosine") != "cosine":
+    raise ValueError(f"the teacher run {run.workdir!r} compares its embeddings by "
+                     f"{run.similarity!r}; AML's teacher must give L2-normalised descriptors "
+                     "(cosine).")
+  model = run.model
+
+  def apply(variables, x):
+    return model.apply(variables, x, train=False).astype(jnp.float32)
+
+  return Teacher(apply, run.variables, int(run.dim), tuple(run.input_shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """AML settings; the defaults are the released code's (`lib/cli.py`) where it has one.
+
+  Attributes:
+    loss: the asymmetric term (`LOSSES`): "regression" (Reg), "contrastive" (Contr),
+      "contrastive_plus" (Contr+), "triplet", "multi_similarity" (MS on the query row), "rkd",
+      "dark_rank", or "inner": the inner objective's own loss over similarities (its `soft`
+      loss, a pair loss) on the asymmetric matrix `s(a, x) = <f(a), g(x)>`, students of the
+      batch against teachers of the batch, so that any core loss can be trained asymmetrically.
+      The code's default mode is Contr ("ts").
+    weight: the asymmetric term's weight.
+    inner_weight: the weight of the inner objective's own (symmetric, student-only) loss added
+      to it; 0 (AML trains the asymmetric term alone) skips the inner objective.
+    margin: of Contr, Contr+ and triplet (`--loss-margin`, 0.7; the triplet class's own 0.1 is
+      not what the code passes).
+    num_negatives: hard negatives per tuple (`--neg-num`, 5), at most one per class.
+    pool_size: teacher descriptors of the most recent training images kept in the state to mine
+      negatives from, besides the batch's own (the code mines from a pool of 20,000 teacher
+      descriptors drawn each epoch; a teacher is frozen, so descriptors of earlier batches are
+      exactly what it would compute now: the pool is a sample of the same kind, filled as
+      training goes). 0: the batch only.
+    self_positive: for "inner": the teacher's vector of an anchor's own image counts as one of
+      its positives (as in Contr+); False masks it out (as Contr, whose tuples hold another
+      image of the class).
+    permute_len: DarkRank's list length (4).
+    reduction: "sum" over tuples (the code back-propagates tuple by tuple and accumulates the
+      batch's gradients) or "mean".
+    teacher: for configs: the run directory of the teacher (`jaxdml train --workdir`), loaded
+      with `jaxdml.load`; in Python give `wrap` a `Teacher` instead.
+    teacher_step: its checkpoint (None: the newest).
+
+  The tuples of the paper's losses are formed in the batch (the code's dataset gives one query,
+  its fixed positive and mined negatives; class-labelled data has no fixed pairs): the query is
+  the student's descriptor of a batch image, its positive the teacher's descriptor of another
+  image of its class drawn at random from the batch (none: the tuple keeps its negatives only,
+  Contr+ its teacher-self positive), its negatives mined by `mine_negatives` from the batch's
+  and the pool's teacher descriptors with the current student query. Reg, RKD and DarkRank take
+  every image of the batch, without labels.
+
+  >>> Settings(loss="contrastive_plus").margin
+  0.7
+  >>> Settings(loss="reg")
+  Traceback (most recent call last):
+  ...
+  ValueError: aml loss must be one of ('regression', 'contrastive', 'contrastive_plus', \
+'triplet', 'multi_similarity', 'rkd', 'dark_rank', 'inner'), got 'reg'.
+  """
+
+  loss: str = "contrastive"
+  weight: float = 1.0
+  inner_weight: float = 0.0
+  margin: float = DEFAULT_MARGIN
+  num_negatives: int = 5
+  pool_size: int = 0
+  self_positive: bool = True
+  permute_len: int = DARKRANK_PERMUTE_LEN
+  reduction: str = "sum"
+  teacher: str = ""
+  teacher_step: int | None = None
+
+  def __post_init__(self):
+    if self.loss not in LOSSES:
+      raise ValueError(f"aml loss must be one of {LOSSES}, got {self.loss!r}.")
+    for name in ("weight", "inner_weight", "margin"):
+      _checks.number(getattr(self, name), f"aml {name}", ge=0.0)
+    _checks.positive_int(self.num_negatives, "aml num_negatives")
+    _checks.positive_int(self.permute_len, "aml permute_len")
+    if isinstance(self.pool_size, bool) or not isinstance(self.pool_size, int) or \
+        self.pool_size < 0:
+      raise ValueError(f"aml pool_size must be an int >= 0, got {self.pool_size!r}.")
+    _checks.one_of(self.reduction, REDUCTIONS, "aml reduction")
+    if self.teacher_step is not None and (isinstance(self.teacher_step, bool)
+                                          or self.teacher_step < 0):
+      raise ValueError(f"aml teacher_step must be None or a step >= 0, got "
+                       f"{self.teacher_step!r}.")
+
+
+class Pool(NamedTuple):
+  """The teacher descriptors kept to mine from: `descriptors [P, d]`, their `labels [P]` (-1:
+  an empty slot) and `next` (where the next batch is written, cyclically)."""
+
+  descriptors: Array
+  labels: Array
+  next: Array
+
+
+def init_pool(size: int, dim: int) -> Pool:
+  """An empty pool of `size` slots."""
+  return Pool(jnp.zeros((size, dim), jnp.float32), jnp.full((size,), -1, jnp.int32),
+              jnp.zeros((), jnp.int32))
+
+
+def update_pool(pool: Pool, descriptors: Array, labels: Array) -> Pool:
+  """`pool` with the batch written at `next`, cyclically (the oldest entries go first)."""
+  size, b = pool.labels.shape[0], descriptors.shape[0]
+  if b > size:
+    raise ValueError(f"aml pool_size ({size}) must be at least the batch size ({b}).")
+  rows = (pool.next + jnp.arange(b)) % size
+  return Pool(pool.descriptors.at[rows].set(lax.stop_gradient(descriptors).astype(jnp.float32)),
+              pool.labels.at[rows].set(labels.astype(jnp.int32)), (pool.next + b) % size)
+
+
+def random_positives(labels: Array, key: Array) -> tuple[Array, Array]:
+  """For each batch image, another image of its class drawn uniformly from the batch.
+
+  Returns (index [B] int32, has_positive [B] bool); index 0 where the class has no other image.
+  """
+  same = (labels[:, None] == labels[None, :]) & ~jnp.eye(labels.shape[0], dtype=bool)
+  score = jnp.where(same, jax.random.uniform(key, same.shape), -1.0)
+  return jnp.argmax(score, axis=1).astype(jnp.int32), jnp.any(same, axis=1)
+
+
+def _mine_masked(query, pool, query_labels, pool_labels, n):
+  """`mine_negatives` over a pool whose slots of label -1 are empty (never taken)."""
+  scores = lax.stop_gradient(query) @ lax.stop_gradient(pool).T
+  empty = pool_labels < 0
+  scores = jnp.where(empty[None, :], -jnp.inf, scores)
+  index, valid = _mine(scores, query_labels, pool_labels, n)
+  return index, valid & ~empty[index]
+
+
+def tuple_loss(settings: Settings, student: Array, teacher: Array, labels: Array, key: Array,
+               pool: Pool | None = None) -> Array:
+  """The paper's tuple losses (`Settings.loss` in `_TUPLE_LOSSES`) formed in the batch.
+
+  Args:
+    settings: `Settings`.
+    student: [B, d] the students' descriptors of the batch (the queries).
+    teacher: [B, d] the teacher's descriptors of the same images.
+    labels: [B] integer classes (the clusters of the mining).
+    key: draws each query's positive.
+    pool: more teacher descriptors to mine negatives from, or None.
+  """
+  teacher = lax.stop_gradient(teacher)
+  pos, has_pos = random_positives(labels, key)
+  bank, bank_labels = teacher, labels
+  if pool is not None:
+    bank = jnp.concatenate([teacher, pool.descriptors.astype(teacher.dtype)])
+    bank_labels = jnp.concatenate([labels.astype(jnp.int32), pool.labels])
+  neg, neg_ok = _mine_masked(student, bank, labels.astype(jnp.int32),
+                             bank_labels.astype(jnp.int32), settings.num_negatives)
+  t_pos, t_neg = teacher[pos], bank[neg]  # [B, d], [B, N, d]
+  red, margin = settings.reduction, settings.margin
+  if settings.loss == "triplet":
+    return triplet_loss(student, t_pos, t_neg, margin=margin, reduction=red,
+                        valid=neg_ok & has_pos[:, None])
+  plus = settings.loss == "contrastive_plus"
+  items, item_labels = tuple_items(teacher, t_pos, t_neg, with_query=plus)
+  used = jnp.concatenate([jnp.ones((labels.shape[0], 1), bool)] * plus
+                         + [has_pos[:, None], neg_ok], axis=1)
+  item_labels = jnp.where(used, item_labels, -1.0)
+  if settings.loss == "multi_similarity":
+    return multi_similarity_loss(student, items, item_labels, reduction=red)
+  return contrastive_loss(student, items, item_labels, margin=margin, reduction=red)
+
+
+def asymmetric_term(settings: Settings, student: Array, teacher: Array, labels: Array,
+                    key: Array, pool: Pool | None = None, soft: Any = None,
+                    params: Any = None) -> Array:
+  """The asymmetric term `Settings.loss` of one batch (without its weight).
+
+  `soft` and `params`: the inner objective's `SoftLoss` and loss parameters, for "inner".
+  """
+  teacher = lax.stop_gradient(teacher)
+  if settings.loss == "regression":
+    return regression_loss(student, teacher, reduction=settings.reduction)
+  if settings.loss == "rkd":
+    return rkd_loss(student, teacher)
+  if settings.loss == "dark_rank":
+    return dark_rank_loss(student, teacher, permute_len=settings.permute_len)
+  if settings.loss == "inner":
+    from jaxdml import targets  # noqa: PLC0415
+
+    target, _ = targets.from_labels(labels)
+    target = target.astype(student.dtype)
+    b = labels.shape[0]
+    mask = jnp.ones((b, b), bool) if settings.self_positive else ~jnp.eye(b, dtype=bool)
+    # the diagonal is a positive pair (the same image in the two spaces)
+    target = jnp.where(jnp.eye(b, dtype=bool), 1.0, target)
+    return soft.apply(params, student, target, mask, references=teacher)
+  return tuple_loss(settings, student, teacher, labels, key, pool)
+
+
+def wrap(inner: Any, settings: Settings = Settings(), *, teacher: Teacher,
+         name: str = "aml") -> Any:
+  """AML around any objective: each step runs the frozen `teacher` on the batch's inputs and
+  trains the student (the network of the run) by `settings.loss` between the student's
+  descriptors (`batch.embeddings`) and the teacher's; `settings.inner_weight` adds the inner
+  objective's own loss on the student's batch.
+
+  The state under `name` is `{"teacher": variables, "pool": Pool}` (no pool with `pool_size`
+  0): the teacher's variables travel with the run's state (checkpointed, never
+  trained), so nothing outside the objective holds them. The step's key is split into
+  (inner, own). The objective needs the batch's inputs (`Batch.inputs`, given by the train step).
+
+  Args:
+    inner: the objective AML wraps (`jaxdml.objectives.Objective`): its loss is added with
+      `inner_weight`, and its `soft` loss is the asymmetric term of `loss="inner"`.
+    settings: `Settings`.
+    teacher: the frozen `Teacher` (its `dim` must equal the student's embedding dimension).
+    name: the state key.
+
+  Returns:
+    The objective; `aux["aml_loss"]` is the asymmetric term and `aux["base_loss"]` the inner
+    loss when it is computed. Its `soft` is None (its loss is not the inner one).
+
+  >>> from jaxdml import objectives
+  >>> teacher = Teacher(lambda v, x: x / jnp.linalg.norm(x, axis=1, keepdims=True), {}, 4)
+  >>> obj = wrap(objectives.core("multi_similarity"), Settings(loss="regression"),
+  ...            teacher=teacher)
+  >>> x = jnp.eye(4)
+  >>> batch = objectives.Batch(x, jnp.array([0, 0, 1, 1]), inputs=x)
+  >>> loss, state, aux = obj.apply({}, obj.init_state(), batch, jax.random.PRNGKey(0))
+  >>> float(loss), sorted(aux)  # the student is the teacher here
+  (0.0, ['aml_loss'])
+  """
+  from jaxdml import objectives  # noqa: PLC0415
+
+  if not isinstance(settings, Settings):
+    raise TypeError(f"settings must be an aml.Settings, got {type(settings).__name__}.")
+  if not isinstance(teacher, Teacher):
+    raise TypeError(f"teacher must be an aml.Teacher (e.g. aml.teacher_from_run(jaxdml.load("
+                    f"workdir))), got {type(teacher).__name__}.")
+  _checks.positive_int(teacher.dim, "aml teacher dim")
+  if settings.loss == "inner":
+    if inner.soft is None or inner.soft.kind != "pairs":
+      raise ValueError(f"aml loss='inner' needs an inner objective with a pair loss over "
+                       f"similarities (`soft` of kind 'pairs'); {inner.name!r} has "
+                       f"{'none' if inner.soft is None else 'proxies'}.")
+
+  def init_state():
+    state = dict(inner.init_state())
+    if name in state:
+      raise ValueError(f"the inner objective {inner.name!r} already has state {name!r}; give "
+                       "this AML another name.")
+    state[name] = {"teacher": teacher.variables}
+    if settings.pool_size:  # (a checkpoint cannot hold an empty array)
+      state[name]["pool"] = init_pool(settings.pool_size, teacher.dim)
+    return state
+
+  def apply_fn(params, state, batch, key):
+    k_inner, k_own = jax.random.split(key)
+    if batch.inputs is None:
+      raise ValueError("aml needs the batch's inputs (Batch.inputs) to run the teacher; the "
+                       "train step gives them.")
+    if teacher.input_shape is not None and tuple(batch.inputs.shape[1:]) != tuple(
+        teacher.input_shape):
+      raise ValueError(f"the teacher takes inputs of shape {tuple(teacher.input_shape)} but the "
+                       f"batch's are {tuple(batch.inputs.shape[1:])}.")
+    own = state[name]
+    t = lax.stop_gradient(teacher.apply(own["teacher"], batch.inputs))
+    z, y = batch.embeddings, batch.labels
+    if t.shape != z.shape:
+      raise ValueError(f"the teacher's descriptors {t.shape} and the student's embeddings "
+                       f"{z.shape} differ: the student must project to the teacher's dimension "
+                       f"({teacher.dim}).")
+    pool = own["pool"] if settings.pool_size else None
+    term = asymmetric_term(settings, z, t, y, k_own, pool, inner.soft, params)
+    inner_state = {k: v for k, v in state.items() if k != name}
+    aux = {}
+    total = settings.weight * term
+    if settings.inner_weight:
+      base, inner_state, aux = inner.apply(params, inner_state, batch, k_inner)
+      aux = dict(aux)
+      aux.setdefault("base_loss", base)
+      total = total + settings.inner_weight * base
+    aux[f"{name}_loss"] = term
+    new_own = {"teacher": own["teacher"]}
+    if settings.pool_size:
+      new_own["pool"] = update_pool(own["pool"], t, y)
+    return total, {**inner_state, name: new_own}, aux
+
+  return objectives.Objective(f"{inner.name}+{name}", inner.init, apply_fn, init_state,
+                              soft=None, lr_mult=inner.lr_mult,
+                              weight_decay=inner.weight_decay)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_teacher(workdir: str, step: int | None, mtime: float) -> Teacher:
+  del mtime  # part of the cache key: a retrained teacher is read again
+  from jaxdml.app.inference import load  # noqa: PLC0415 - the application layer
+
+  return teacher_from_run(load(workdir, step))
+
+
+def load_teacher(workdir: str, step: int | None = None) -> Teacher:
+  """The `Teacher` of the run in `workdir` (checkpoint `step`, default the newest), cached."""
+  workdir = os.path.abspath(os.fspath(workdir))
+  ckpts = os.path.join(workdir, "checkpoints")
+  mtime = os.path.getmtime(ckpts) if os.path.isdir(ckpts) else 0.0
+  return _load_teacher(workdir, step, mtime)
+
+
+def build(inner: Any, settings: Settings, setup: Any) -> Any:
+  """`wrap` with the teacher run `settings.teacher` (how configs build AML).
+
+  Raises:
+    ValueError: no teacher named, or a teacher whose dimension is not the student's.
+  """
+  if not settings.teacher:
+    raise ValueError("objective.aml.teacher: AML needs the run directory of its teacher "
+                     "(objective.aml.teacher=<workdir of a trained run>).")
+  try:
+    teacher = load_teacher(settings.teacher, settings.teacher_step)
+  except FileNotFoundError as e:
+    raise ValueError(f"objective.aml.teacher: {e}") from e
+  if teacher.dim != setup.dim:
+    raise ValueError(f"objective.aml.teacher: the teacher gives {teacher.dim}-d descriptors but "
+                     f"the student's model.embedding_dim is {setup.dim}; the student must "
+                     "project to the teacher's dimension.")
+  return wrap(inner, settings, teacher=teacher)

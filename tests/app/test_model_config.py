@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -121,3 +122,24 @@ def test_weights_that_do_not_fit_the_backbone_name_the_file(tmp_path):
   with pytest.raises(ValueError, match=r"model.pretrained='.*other.npz' does not fit resnet18: "
                      r"weight '[\w.]+' is missing from the state dict"):
     load_pretrained({})
+
+
+def test_res_cnn_layout_from_the_config():
+  config = apply_overrides(Config(), ["model.name=res_cnn", "model.widths=[8,16]",
+                                      "model.blocks=[2,1]"])
+  model, _ = build.build_model(config)
+  assert model.widths == (8, 16) and model.blocks == (2, 1)
+  x = np.zeros((2, 8, 16), np.float32)  # the digit pairs: two stages fit 8 x 16
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  assert model.apply(variables, x, train=False).shape == (2, 128)
+  only_widths, _ = build.build_model(apply_overrides(Config(), ["model.name=res_cnn",
+                                                                "model.widths=[8,16]"]))
+  assert only_widths.blocks == (1, 1)
+  default, _ = build.build_model(apply_overrides(Config(), ["model.name=res_cnn"]))
+  assert default.widths == (16, 32, 64) and default.blocks == (1, 1, 1)
+  with pytest.raises(ConfigError, match="one entry per stage"):
+    apply_overrides(Config(), ["model.name=res_cnn", "model.blocks=[1,1]"])
+  with pytest.raises(ConfigError, match="ints >= 1"):
+    apply_overrides(Config(), ["model.name=res_cnn", "model.widths=[8,0]"])
+  with pytest.raises(ConfigError, match="apply to res_cnn"):
+    apply_overrides(Config(), ["model.widths=[8,16]"])
