@@ -1,9 +1,9 @@
 """AML on glyphs: a wide teacher, a small student, each transfer loss, symmetric and asymmetric.
 
 For each seed a teacher is trained by the glyphs recipe (`jaxdml train --config glyphs`) with a
-wide `ResCNN` (widths 32 / 64 / 128, two blocks a stage); then students with a narrow one
-(8 / 16 / 32, one block a stage, the same 128-d output, so it lives in the teacher's space), each
-for the same number of epochs:
+wide `ResCNN` (widths 32 / 64 / 128, twice the recipe's); then students with a narrow one
+(8 / 16 / 32, half the recipe's; one block a stage in both, and the same 128-d output, so the
+student lives in the teacher's space), each for the same number of epochs:
 
 * "alone": the student trained by the recipe's own loss (multi-similarity), no teacher;
 * "Reg", "RKD", "DarkRank": AML's regression, relational and rank distillation, on random
@@ -34,8 +34,8 @@ import time
 
 import numpy as np
 
-TEACHER = ["model.widths=[32,64,128]", "model.blocks=[2,2,2]"]
-STUDENT = ["model.widths=[8,16,32]", "model.blocks=[1,1,1]"]
+TEACHER = ["model.widths=[32,64,128]"]
+STUDENT = ["model.widths=[8,16,32]"]
 RANDOM = ["data.sampler=random", "data.batch_size=128"]
 POOL = ["objective.aml.pool_size=2048"]
 ROWS = {
