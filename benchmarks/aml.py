@@ -13,7 +13,7 @@ student lives in the teacher's space), each for the same number of epochs:
   per class), on the recipe's batches of 32 classes x 4 images.
 
 Every student is scored by the run's own evaluation (leave-one-out on the unseen test code
-points: symmetric MAP@R) and by `jaxdml.methods.aml.asymmetric_evaluation` on one query /
+points: symmetric MAP@R) and by `jaxdml.index.asymmetric_evaluation` on one query /
 gallery split of the test set (2 queries a class): student against student ("symmetric"),
 student queries against the teacher's gallery ("asymmetric"), and the teacher against itself.
 
@@ -84,7 +84,7 @@ def teacher_run(seed, epochs, root) -> str:
 
 def student_row(name, seed, epochs, teacher_dir, root) -> dict:
   import jaxdml
-  from jaxdml.methods import aml
+  from jaxdml.index import asymmetric_evaluation
 
   overrides = [f"seed={seed}", f"loop.epochs={epochs}", *STUDENT, *ROWS[name]]
   if name != "alone":
@@ -94,7 +94,7 @@ def student_row(name, seed, epochs, teacher_dir, root) -> dict:
   out = train(overrides, workdir)
   student, teacher = jaxdml.load(workdir), jaxdml.load(teacher_dir)
   images, labels, _ = student.split("test")
-  split = aml.asymmetric_evaluation(student, teacher, images, labels, seed=seed)
+  split = asymmetric_evaluation(student, teacher, images, labels, seed=seed)
   row = {"seconds": out["seconds"], "loo_map@r": float(out["final"]["map@r"])}
   for protocol, metrics in split.items():
     for k in KEYS:

@@ -370,3 +370,40 @@ class Index:
                  c=float(archive["c"]),
                  metadata={f[len("meta/"):]: archive[f] for f in sorted(files)
                            if f.startswith("meta/")})
+
+
+def asymmetric_evaluation(student: Any, teacher: Any, images: Any, labels: Any, *,
+                          queries_per_class: int = 2, seed: int = 0,
+                          ks: tuple[int, ...] = (1, 2, 4, 8)) -> dict[str, dict[str, float]]:
+  """Symmetric and asymmetric testing of a student on one query / gallery split.
+
+  The gallery is indexed once by each network (`Index`); the queries are the rows
+  `split_queries(labels, queries_per_class, seed=seed)` draws, so the three
+  protocols rank the same queries against the same images:
+
+  * "symmetric": student queries against the student's gallery;
+  * "asymmetric": student queries against the teacher's gallery (the device model swapped in
+    without re-indexing);
+  * "teacher": teacher queries against the teacher's gallery (the reference).
+
+  Args:
+    student, teacher: anything with `embed(images) -> [N, d]` (a `jaxdml.Run`), of the same
+      dimension.
+    images: what both embed (raw images of the run's data, e.g. `run.split("test")[0]`).
+    labels: [N] integer labels.
+    queries_per_class, seed: the split.
+    ks: Recall@k cut-offs.
+
+  Returns:
+    {"symmetric", "asymmetric", "teacher"} -> `Index.evaluate`'s metrics.
+  """
+  labels = np.asarray(labels)
+  q, g = split_queries(labels, queries_per_class, seed=seed)
+  zs, zt = student.embed(images), teacher.embed(images)
+  if zs.shape != zt.shape:
+    raise ValueError(f"the student's embeddings {zs.shape} and the teacher's {zt.shape} differ: "
+                     "asymmetric testing needs the teacher's dimension.")
+  by_student, by_teacher = Index(zs[g], labels[g]), Index(zt[g], labels[g])
+  return {"symmetric": by_student.evaluate(zs[q], labels[q], ks=ks),
+          "asymmetric": by_teacher.evaluate(zs[q], labels[q], ks=ks),
+          "teacher": by_teacher.evaluate(zt[q], labels[q], ks=ks)}

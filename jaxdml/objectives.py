@@ -147,6 +147,8 @@ class Setup:
       None (random batches).
     ball: (c, clip_r) of a Poincare-ball head, or None for a Euclidean head.
     batch_size: examples per batch (per step, over all devices), or None if unknown.
+    load_run: `(workdir, step or None) -> run` (a `jaxdml.Run`), given by an application that
+      can load trained runs (AML's teacher), or None.
   """
 
   num_classes: int
@@ -155,6 +157,7 @@ class Setup:
   per_class: int | None = None
   ball: tuple[float, float] | None = None
   batch_size: int | None = None
+  load_run: Callable[[str, int | None], Any] | None = None
 
 
 def _empty() -> dict:

@@ -33,11 +33,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import functools
 import importlib
 import importlib.resources
 import importlib.util
 import inspect
 import json
+import os
 import pathlib
 import sys
 import typing
@@ -622,7 +624,35 @@ class Config:
     return objectives.Setup(num_classes=num_classes, dim=self.model.embedding_dim,
                             classes_per_batch=self.data.classes_per_batch if balanced else None,
                             per_class=self.data.per_class if balanced else None,
-                            ball=self.model.ball, batch_size=self.data.train_batch_size)
+                            ball=self.model.ball, batch_size=self.data.train_batch_size,
+                            load_run=load_run)
+
+
+#: `jaxdml.app.inference.load`, registered by that module when it is imported (it imports this
+#: one, so this one cannot import it)
+_RUN_LOADER: list[Callable[..., Any]] = []
+
+
+def set_run_loader(load: Callable[..., Any]) -> None:
+  """Registers the function that loads a trained run (`jaxdml.app.inference.load`)."""
+  _RUN_LOADER[:] = [load]
+
+
+@functools.lru_cache(maxsize=4)
+def _load_run(workdir: str, step: int | None, mtime: float):
+  del mtime  # part of the cache key: a retrained run is read again
+  if not _RUN_LOADER:
+    importlib.import_module("jaxdml.app.inference")  # registers its `load`
+  return _RUN_LOADER[0](workdir, step)
+
+
+def load_run(workdir: str, step: int | None = None):
+  """The trained run in `workdir` (`jaxdml.load`), cached while its checkpoints are unchanged:
+  what a method's `build` reads through `Setup.load_run` (AML's teacher)."""
+  workdir = os.path.abspath(os.fspath(workdir))
+  ckpts = os.path.join(workdir, "checkpoints")
+  mtime = os.path.getmtime(ckpts) if os.path.isdir(ckpts) else 0.0
+  return _load_run(workdir, step, mtime)
 
 
 def build_objective(config: Config, num_classes: int) -> objectives.Objective:

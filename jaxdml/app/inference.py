@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxdml import _checks
 from jaxdml.app import build, tasks
-from jaxdml.app.config import Config, ConfigError, from_dict
+from jaxdml.app.config import Config, ConfigError, from_dict, set_run_loader
 from jaxdml.app.experiment import CONFIG_FILE, load_run_config
 from jaxdml.data import transforms
 from jaxdml.train.evaluate import Embedder
@@ -355,3 +355,6 @@ def evaluate(config: Config, *, step: int | None = None, log: bool = False,
     logger.log(run.step, **{f"eval/{k}": v for k, v in final.items()})
     logger.close()
   return {"metrics": rows, "final": final, "step": run.step, "config": to_dict(config)}
+
+
+set_run_loader(load)

@@ -43,14 +43,11 @@ Reference: M. Budnik, Y. Avrithis, "Asymmetric Metric Learning for Knowledge Tra
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import os
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxdml import _checks
@@ -654,24 +651,9 @@ def wrap(inner: Any, settings: Settings = Settings(), *, teacher: Teacher,
                               weight_decay=inner.weight_decay)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_teacher(workdir: str, step: int | None, mtime: float) -> Teacher:
-  del mtime  # part of the cache key: a retrained teacher is read again
-  from jaxdml.app.inference import load  # noqa: PLC0415 - the application layer
-
-  return teacher_from_run(load(workdir, step))
-
-
-def load_teacher(workdir: str, step: int | None = None) -> Teacher:
-  """The `Teacher` of the run in `workdir` (checkpoint `step`, default the newest), cached."""
-  workdir = os.path.abspath(os.fspath(workdir))
-  ckpts = os.path.join(workdir, "checkpoints")
-  mtime = os.path.getmtime(ckpts) if os.path.isdir(ckpts) else 0.0
-  return _load_teacher(workdir, step, mtime)
-
-
 def build(inner: Any, settings: Settings, setup: Any) -> Any:
-  """`wrap` with the teacher run `settings.teacher` (how configs build AML).
+  """`wrap` with the teacher run `settings.teacher`, loaded by `setup.load_run` (how configs
+  build AML: the application gives the loader, so this layer imports none of it).
 
   Raises:
     ValueError: no teacher named, or a teacher whose dimension is not the student's.
@@ -679,8 +661,11 @@ def build(inner: Any, settings: Settings, setup: Any) -> Any:
   if not settings.teacher:
     raise ValueError("objective.aml.teacher: AML needs the run directory of its teacher "
                      "(objective.aml.teacher=<workdir of a trained run>).")
+  if getattr(setup, "load_run", None) is None:
+    raise ValueError("objective.aml.teacher: this setup cannot load runs (Setup.load_run); "
+                     "build AML with wrap(inner, settings, teacher=...) instead.")
   try:
-    teacher = load_teacher(settings.teacher, settings.teacher_step)
+    teacher = teacher_from_run(setup.load_run(settings.teacher, settings.teacher_step))
   except FileNotFoundError as e:
     raise ValueError(f"objective.aml.teacher: {e}") from e
   if teacher.dim != setup.dim:
@@ -689,41 +674,3 @@ def build(inner: Any, settings: Settings, setup: Any) -> Any:
                      "project to the teacher's dimension.")
   return wrap(inner, settings, teacher=teacher)
 
-
-def asymmetric_evaluation(student: Any, teacher: Any, images: Any, labels: Any, *,
-                          queries_per_class: int = 2, seed: int = 0,
-                          ks: tuple[int, ...] = (1, 2, 4, 8)) -> dict[str, dict[str, float]]:
-  """Symmetric and asymmetric testing of a student on one query / gallery split.
-
-  The gallery is indexed once by each network (`jaxdml.index.Index`); the queries are the rows
-  `jaxdml.index.split_queries(labels, queries_per_class, seed=seed)` draws, so the three
-  protocols rank the same queries against the same images:
-
-  * "symmetric": student queries against the student's gallery;
-  * "asymmetric": student queries against the teacher's gallery (the device model swapped in
-    without re-indexing);
-  * "teacher": teacher queries against the teacher's gallery (the reference).
-
-  Args:
-    student, teacher: anything with `embed(images) -> [N, d]` (a `jaxdml.Run`), of the same
-      dimension.
-    images: what both embed (raw images of the run's data, e.g. `run.split("test")[0]`).
-    labels: [N] integer labels.
-    queries_per_class, seed: the split.
-    ks: Recall@k cut-offs.
-
-  Returns:
-    {"symmetric", "asymmetric", "teacher"} -> `Index.evaluate`'s metrics.
-  """
-  from jaxdml.index import Index, split_queries  # noqa: PLC0415
-
-  labels = np.asarray(labels)
-  q, g = split_queries(labels, queries_per_class, seed=seed)
-  zs, zt = student.embed(images), teacher.embed(images)
-  if zs.shape != zt.shape:
-    raise ValueError(f"the student's embeddings {zs.shape} and the teacher's {zt.shape} differ: "
-                     "asymmetric testing needs the teacher's dimension.")
-  by_student, by_teacher = Index(zs[g], labels[g]), Index(zt[g], labels[g])
-  return {"symmetric": by_student.evaluate(zs[q], labels[q], ks=ks),
-          "asymmetric": by_teacher.evaluate(zs[q], labels[q], ks=ks),
-          "teacher": by_teacher.evaluate(zt[q], labels[q], ks=ks)}

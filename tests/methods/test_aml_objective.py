@@ -11,7 +11,7 @@ import pytest
 
 import jaxdml
 from jaxdml import cli, losses, objectives
-from jaxdml.index import Index, split_queries
+from jaxdml.index import Index, asymmetric_evaluation, split_queries
 from jaxdml.methods import aml
 
 
@@ -254,15 +254,15 @@ def test_asymmetric_evaluation_ranks_one_split_three_ways():
       size=(24, 8))))))
   noise = _Fixed(np.asarray(_unit(jnp.asarray(rng.normal(size=(24, 8))))))
   images = np.arange(24)
-  out = aml.asymmetric_evaluation(teacher, teacher, images, labels, ks=(1,))
+  out = asymmetric_evaluation(teacher, teacher, images, labels, ks=(1,))
   assert out["symmetric"] == out["asymmetric"] == out["teacher"]
   assert out["teacher"]["map@r"] == pytest.approx(1.0)
   # a student unrelated to the teacher: asymmetric testing at chance, the teacher unchanged
-  bad = aml.asymmetric_evaluation(noise, teacher, images, labels, ks=(1,))
+  bad = asymmetric_evaluation(noise, teacher, images, labels, ks=(1,))
   assert bad["teacher"] == out["teacher"] and bad["asymmetric"]["map@r"] < 0.6
   # the queries are the split's: two a class, the rest the gallery
   q, g = split_queries(labels, 2, seed=0)
   want = Index(teacher.z[g], labels[g]).evaluate(noise.z[q], labels[q], ks=(1,))
   assert bad["asymmetric"] == want
   with pytest.raises(ValueError, match="teacher's dimension"):
-    aml.asymmetric_evaluation(_Fixed(noise.z[:, :4]), teacher, images, labels)
+    asymmetric_evaluation(_Fixed(noise.z[:, :4]), teacher, images, labels)
