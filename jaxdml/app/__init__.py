@@ -8,3 +8,6 @@
   - `inference`, `inference_cli`: a trained run loaded for use (`jaxdml.load`, `jaxdml eval`) and
     the `embed` / `index` / `search` commands.
 """
+
+# `inference` registers the run loader that methods read through `Setup.load_run` (AML's teacher)
+from jaxdml.app import inference as _inference  # noqa: E402, F401

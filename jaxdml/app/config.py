@@ -629,7 +629,7 @@ class Config:
 
 
 #: `jaxdml.app.inference.load`, registered by that module when it is imported (it imports this
-#: one, so this one cannot import it)
+#: one, so this one cannot import it; the package's __init__ imports it)
 _RUN_LOADER: list[Callable[..., Any]] = []
 
 
@@ -641,8 +641,9 @@ def set_run_loader(load: Callable[..., Any]) -> None:
 @functools.lru_cache(maxsize=4)
 def _load_run(workdir: str, step: int | None, mtime: float):
   del mtime  # part of the cache key: a retrained run is read again
-  if not _RUN_LOADER:
-    importlib.import_module("jaxdml.app.inference")  # registers its `load`
+  if not _RUN_LOADER:  # jaxdml.app's __init__ imports inference, which registers it
+    raise RuntimeError("no run loader is registered (jaxdml.app.inference registers "
+                       "`jaxdml.load` when it is imported).")
   return _RUN_LOADER[0](workdir, step)
 
 
